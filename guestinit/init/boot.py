@@ -1,0 +1,120 @@
+"""The boot sequence, phase by phase. Each phase is timed on CLOCK_BOOTTIME and its facts
+go into the one readiness message the host turns into a timeline."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from guestinit import __version__
+from guestinit.init import modules, mounts, params
+from guestinit.init.clock import Timeline, boottime, process_start
+from guestinit.init.kmsg import LEVELS, Log
+from guestinit.init.report import SERIAL_PORT_NAME, Sender, find_virtio_port
+from guestinit.init.root import Root
+from guestinit.notify.address import AddressError, Target, parse_target
+
+# Modules the guest loads itself (no udev): the vsock transports for the readiness channel,
+# the ACPI power button and evdev (QEMU's system_powerdown arrives as a KEY_POWER event),
+# and the virtio RNG so the CRNG is seeded early.
+BASE_MODULES = ("vmw_vsock_virtio_transport", "vsock_loopback", "button", "evdev", "virtio_rng")
+
+
+class BootState:
+    """What boot found and did: the input to the readiness message and to supervision."""
+
+    def __init__(self, root: Root, log: Log, exec_s: float | None, start_s: float) -> None:
+        self.root = root
+        self.log = log
+        self.exec_s = exec_s
+        self.start_s = start_s
+        self.timeline = Timeline()
+        self.config = params.parse_cmdline("")
+        self.sender: Sender | None = None
+        self.module_results: list[modules.LoadResult] = []
+        self.problems: list[str] = []
+        self.ready_s = 0.0
+
+
+def choose_target(config: params.Config, root: Root) -> tuple[Target, str]:
+    """The notify target and where it came from (kernel command line, virtio port, console)."""
+    text = config.str("notify")
+    if text:
+        try:
+            return parse_target(text), "guestinit.notify"
+        except AddressError as exc:
+            return Target("console"), f"console ({exc})"
+    if find_virtio_port(root("/sys"), root("/dev"), SERIAL_PORT_NAME):
+        return Target("serial", path=SERIAL_PORT_NAME), "virtio-serial port"
+    return Target("console"), "console (no other transport found)"
+
+
+def early(state: BootState) -> None:
+    root, log = state.root, state.log
+    with state.timeline.phase("mounts"):
+        mounts.mount_all(root)
+        try:
+            root.write_text("/proc/sys/kernel/printk_devkmsg", "on\n")
+        except OSError:
+            pass
+        log.reopen(root("/dev/kmsg"))
+        if state.exec_s is None and root.is_real:
+            state.exec_s = process_start(1)
+    with state.timeline.phase("cmdline"):
+        state.config = params.parse_cmdline(root.read_text("/proc/cmdline", ""))
+        log.level = LEVELS[state.config.str("log")]
+        for problem in state.config.problems:
+            log.warning(problem)
+        state.problems.extend(state.config.problems)
+
+
+def load_modules(state: BootState) -> None:
+    with state.timeline.phase("modules"):
+        tree = modules.ModuleTree(state.root)
+        wanted = [*BASE_MODULES, *state.config.list("modules")]
+        present = [m for m in wanted if tree.resolve(m) is not None]
+        state.module_results = modules.load(tree, present)
+        for result in state.module_results:
+            if result.how == "failed":
+                state.log.warning(f"module {result.name}: {result.error}")
+                state.problems.append(f"module {result.name} failed")
+        if state.config.bool("lockdown"):
+            state.root.write_text("/proc/sys/kernel/modules_disabled", "1\n")
+
+
+def connect_notify(state: BootState) -> None:
+    with state.timeline.phase("notify"):
+        target, source = choose_target(state.config, state.root)
+        state.log.info(f"notify target {target} from {source}")
+        state.sender = Sender(target, state.root("/sys"), state.root("/dev"), state.root("/dev/console"))
+
+
+def ready_message(state: BootState) -> dict[str, str]:
+    ready = boottime()
+    state.ready_s = ready
+    since_exec = ready - (state.exec_s if state.exec_s is not None else state.start_s)
+    status = f"guestinit {__version__} ready in {since_exec:.3f} s from exec"
+    if state.problems:
+        status += "; " + "; ".join(state.problems)
+    fields = {
+        "READY": "1",
+        "STATUS": status[:1024],
+        "X_GUESTINIT_VERSION": __version__,
+        "X_GUESTINIT_EXEC_S": f"{state.exec_s:.3f}" if state.exec_s is not None else "",
+        "X_GUESTINIT_START_S": f"{state.start_s:.4f}",
+        "X_GUESTINIT_READY_S": f"{ready:.4f}",
+        "X_GUESTINIT_PHASES": json.dumps(state.timeline.as_list(), separators=(",", ":")),
+        "X_GUESTINIT_MODULES": json.dumps([r.as_dict() for r in state.module_results], separators=(",", ":")),
+        "X_GUESTINIT_KERNEL": os.uname().release,
+    }
+    return {k: v for k, v in fields.items() if v}
+
+
+def boot(state: BootState) -> None:
+    """The whole sequence; PID 1 then supervises until shutdown."""
+    early(state)
+    load_modules(state)
+    connect_notify(state)
+    assert state.sender is not None
+    state.sender.send(ready_message(state))
+    state.log.info(f"ready at {state.ready_s:.3f} s (exec at {state.exec_s} s)")

@@ -1,0 +1,65 @@
+"""``guestinit``: PID 1 when the kernel runs it, a small tool otherwise.
+
+  guestinit                  (as PID 1) boot the guest
+  guestinit version          print the version
+  guestinit params [--markdown]   the kernel command-line reference
+  guestinit probe [--root DIR] [--json]   what this machine's GPUs and BARs look like
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None, start_s: float | None = None) -> int:
+    if start_s is None:
+        start_s = time.clock_gettime(time.CLOCK_BOOTTIME)
+    if os.getpid() == 1:
+        from guestinit.init.pid1 import run_as_pid1
+
+        run_as_pid1(None, start_s)  # exec time is read from /proc once it is mounted
+        return 0  # not reached
+    return tool(sys.argv[1:] if argv is None else argv)
+
+
+def tool(argv: list[str]) -> int:
+    import argparse
+
+    from guestinit import __version__
+
+    parser = argparse.ArgumentParser(prog="guestinit", description="PID 1 for Kata GPU guests.")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("version", help="print the version")
+    p_params = sub.add_parser("params", help="the guestinit.* kernel command-line keys")
+    p_params.add_argument("--markdown", action="store_true", help="print the generated reference")
+    p_parse = sub.add_parser("parse-cmdline", help="parse a kernel command line and print the values")
+    p_parse.add_argument("cmdline", nargs="?", help="the command line (default: /proc/cmdline)")
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(__version__)
+        return 0
+    if args.command == "params":
+        from guestinit.init.params import PARAMS, PREFIX, reference_markdown
+
+        if args.markdown:
+            sys.stdout.write(reference_markdown())
+        else:
+            for p in PARAMS:
+                print(f"{PREFIX}{p.name:<20} {p.kind:<28} default {p.default!r}\n    {p.help}")
+        return 0
+    if args.command == "parse-cmdline":
+        import json
+
+        from guestinit.init.params import parse_cmdline
+
+        text = args.cmdline
+        if text is None:
+            with open("/proc/cmdline") as f:
+                text = f.read()
+        config = parse_cmdline(text)
+        print(json.dumps({"values": config.values, "problems": config.problems}, indent=2, default=list))
+        return 1 if config.problems else 0
+    parser.print_help()
+    return 2

@@ -1,0 +1,75 @@
+"""CLOCK_BOOTTIME stamps and the phase record that becomes the timeline the host prints."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def boottime() -> float:
+    """Seconds since the kernel started (CLOCK_BOOTTIME: counts suspend, same clock as uptime)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def process_start(pid: int | str = "self", proc: str = "/proc") -> float | None:
+    """When a process was exec'd, in CLOCK_BOOTTIME seconds (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            stat = f.read().decode()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+class Phase:
+    __slots__ = ("end_s", "error", "name", "start_s")
+
+    def __init__(self, name: str, start_s: float) -> None:
+        self.name = name
+        self.start_s = start_s
+        self.end_s = start_s
+        self.error = ""
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {
+            "name": self.name,
+            "start_s": round(self.start_s, 4),
+            "end_s": round(self.end_s, 4),
+        }
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+class Timeline:
+    """Phases in the order they ran; ``with timeline.phase("mounts"):`` records start and end."""
+
+    def __init__(self) -> None:
+        self.phases: list[Phase] = []
+
+    def phase(self, name: str) -> _PhaseContext:
+        return _PhaseContext(self, name)
+
+    def as_list(self) -> list[dict[str, object]]:
+        return [p.as_dict() for p in self.phases]
+
+
+class _PhaseContext:
+    __slots__ = ("_name", "_phase", "_timeline")
+
+    def __init__(self, timeline: Timeline, name: str) -> None:
+        self._timeline = timeline
+        self._name = name
+        self._phase: Phase | None = None
+
+    def __enter__(self) -> Phase:
+        self._phase = Phase(self._name, boottime())
+        self._timeline.phases.append(self._phase)
+        return self._phase
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self._phase is not None
+        self._phase.end_s = boottime()
+        if exc is not None:
+            self._phase.error = f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,214 @@
+"""Kernel module loading without forking modprobe: finit_module(2) in modules.dep order.
+
+Names resolve through modules.dep (and modules.alias for aliases); dependencies load first;
+modules already present (loaded or built in) are skipped; each load is timed. Compressed
+modules go to the kernel as they are (MODULE_INIT_COMPRESSED_FILE) when it can decompress
+them, else they are decompressed here. ``modprobe`` is the fallback when all else fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+from guestinit.init import syscalls
+from guestinit.init.clock import boottime
+from guestinit.init.root import Root
+
+MODULE_INIT_COMPRESSED_FILE = 4
+SYS_INIT_MODULE = 175
+
+
+def normalize(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def module_name(path: str) -> str:
+    base = os.path.basename(path)
+    for suffix in (".ko.xz", ".ko.zst", ".ko.gz", ".ko"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return normalize(base)
+
+
+class ModuleTree:
+    """One kernel's /usr/lib/modules/KVER: dependency graph, aliases, built-ins, options."""
+
+    def __init__(self, root: Root, kver: str | None = None) -> None:
+        self.root = root
+        self.kver = kver or os.uname().release
+        self.base = f"/usr/lib/modules/{self.kver}"
+        if not root.exists(self.base) and root.exists(f"/lib/modules/{self.kver}"):
+            self.base = f"/lib/modules/{self.kver}"
+        self.paths: dict[str, str] = {}
+        self.deps: dict[str, list[str]] = {}
+        for line in root.read_text(f"{self.base}/modules.dep", "").splitlines():
+            path, sep, rest = line.partition(":")
+            if not sep:
+                continue
+            name = module_name(path)
+            self.paths[name] = path
+            self.deps[name] = [module_name(d) for d in rest.split()]
+        self.builtin = {
+            module_name(line.strip())
+            for line in root.read_text(f"{self.base}/modules.builtin", "").splitlines()
+            if line.strip()
+        }
+        self.aliases: dict[str, str] = {}
+        for line in root.read_text(f"{self.base}/modules.alias", "").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "alias" and "*" not in parts[1]:
+                self.aliases.setdefault(normalize(parts[1]), normalize(parts[2]))
+        self.options = read_options(root)
+
+    def resolve(self, name: str) -> str | None:
+        n = normalize(name)
+        if n in self.paths or n in self.builtin:
+            return n
+        return self.aliases.get(n)
+
+    def order(self, names: list[str] | tuple[str, ...]) -> list[str]:
+        """Names in load order: every module after the modules it depends on, each once."""
+        out: list[str] = []
+        seen: set[str] = set()
+
+        def visit(n: str, depth: int) -> None:
+            if n in seen or depth > 64:
+                return
+            seen.add(n)
+            # modules.dep lists the full closure, deepest last: load from the end.
+            for dep in reversed(self.deps.get(n, [])):
+                visit(dep, depth + 1)
+            out.append(n)
+
+        for name in names:
+            resolved = self.resolve(name)
+            visit(resolved or normalize(name), 0)
+        return out
+
+
+def read_options(root: Root) -> dict[str, str]:
+    """``options NAME k=v ...`` lines from /etc/modprobe.d and /usr/lib/modprobe.d."""
+    options: dict[str, list[str]] = {}
+    for directory in ("/usr/lib/modprobe.d", "/etc/modprobe.d"):
+        for entry in root.listdir(directory):
+            if not entry.endswith(".conf"):
+                continue
+            for line in root.read_text(f"{directory}/{entry}", "").splitlines():
+                parts = line.split("#", 1)[0].split()
+                if len(parts) >= 3 and parts[0] == "options":
+                    options.setdefault(normalize(parts[1]), []).extend(parts[2:])
+    return {name: " ".join(values) for name, values in options.items()}
+
+
+def is_loaded(root: Root, name: str) -> bool:
+    return root.exists(f"/sys/module/{normalize(name)}")
+
+
+class LoadResult:
+    __slots__ = ("error", "how", "name", "seconds")
+
+    def __init__(self, name: str, how: str, seconds: float, error: str = "") -> None:
+        self.name = name
+        self.how = how  # finit | init | modprobe | loaded | builtin | failed
+        self.seconds = seconds
+        self.error = error
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"name": self.name, "how": self.how, "ms": round(self.seconds * 1000, 2)}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def _decompress(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".xz"):
+        import lzma
+
+        return lzma.decompress(data)
+    if path.endswith(".gz"):
+        import gzip
+
+        return gzip.decompress(data)
+    if path.endswith(".zst"):
+        out = subprocess.run(["zstd", "-dc", path], capture_output=True, check=True)
+        return out.stdout
+    return data
+
+
+def _init_module(image: bytes, params: str) -> None:
+    import ctypes
+
+    buf = ctypes.create_string_buffer(image, len(image))
+    result = syscalls.libc().syscall(
+        ctypes.c_long(SYS_INIT_MODULE), buf, ctypes.c_ulong(len(image)), ctypes.c_char_p(params.encode())
+    )
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"init_module: {os.strerror(err)}")
+
+
+def load_one(tree: ModuleTree, name: str, params: str = "") -> LoadResult:
+    start = boottime()
+    if name in tree.builtin:
+        return LoadResult(name, "builtin", 0.0)
+    if is_loaded(tree.root, name):
+        return LoadResult(name, "loaded", 0.0)
+    rel = tree.paths.get(name)
+    if rel is None:
+        return _modprobe(tree, name, start, "not in modules.dep")
+    path = tree.root(f"{tree.base}/{rel}")
+    full_params = " ".join(p for p in (tree.options.get(name, ""), params) if p)
+    compressed = not rel.endswith(".ko")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            syscalls.finit_module(fd, full_params, MODULE_INIT_COMPRESSED_FILE if compressed else 0)
+        finally:
+            os.close(fd)
+        return LoadResult(name, "finit", boottime() - start)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            return LoadResult(name, "loaded", boottime() - start)
+        if compressed and exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            try:
+                _init_module(_decompress(path), full_params)
+                return LoadResult(name, "init", boottime() - start)
+            except (OSError, ValueError, subprocess.CalledProcessError) as exc2:
+                return _modprobe(tree, name, start, str(exc2))
+        return _modprobe(tree, name, start, str(exc))
+
+
+def _modprobe(tree: ModuleTree, name: str, start: float, why: str) -> LoadResult:
+    try:
+        subprocess.run(
+            ["modprobe", "-d", tree.root.path, "-S", tree.kver, name] if not tree.root.is_real else ["modprobe", name],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        return LoadResult(name, "modprobe", boottime() - start, why)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return LoadResult(name, "failed", boottime() - start, f"{why}; modprobe: {exc}")
+
+
+def load(tree: ModuleTree, names: list[str] | tuple[str, ...], params: dict[str, str] | None = None) -> list[LoadResult]:
+    """Load names and their dependencies in order; a failed dependency fails its dependents."""
+    params = params or {}
+    results: list[LoadResult] = []
+    failed: set[str] = set()
+    for name in tree.order(names):
+        broken = [d for d in tree.deps.get(name, []) if d in failed]
+        if broken:
+            results.append(LoadResult(name, "failed", 0.0, f"dependency {broken[0]} failed"))
+            failed.add(name)
+            continue
+        result = load_one(tree, name, params.get(name, ""))
+        if result.how == "failed":
+            failed.add(name)
+        results.append(result)
+    return results

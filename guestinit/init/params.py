@@ -1,0 +1,190 @@
+"""The table of ``guestinit.*`` kernel command-line keys: name, type, default, help.
+
+This table is the only place a key is defined: parsing, validation, ``guestinit params``
+and the generated reference (docs/kernel-cmdline.md) all come from it. Unknown keys and bad
+values are reported and the default is used; parsing never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+PREFIX = "guestinit."
+
+
+class ParamError(ValueError):
+    pass
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "yes", "y", "on", "true"):
+        return True
+    if low in ("0", "no", "n", "off", "false"):
+        return False
+    raise ParamError(f"{text!r} is not a boolean (use on/off, 1/0, yes/no, true/false)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParamError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise ParamError(f"{text!r} is out of range (0 < seconds <= 86400)")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ParamError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    parse.__doc__ = "|".join(choices)
+    return parse
+
+
+def _string(text: str) -> str:
+    return text
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(item for item in (part.strip() for part in text.split(",")) if item)
+
+
+class Param:
+    __slots__ = ("default", "help", "kind", "name", "parse")
+
+    def __init__(self, name: str, kind: str, parse: Callable[[str], object], default: object, help: str):
+        self.name = name
+        self.kind = kind
+        self.parse = parse
+        self.default = default
+        self.help = help
+
+
+MODES = ("auto", "cpu", "gpu", "gpu-nvl4", "gpu-nvl5", "servicevm-nvl4", "servicevm-nvl5")
+
+PARAMS: tuple[Param, ...] = (
+    Param(
+        "notify",
+        "address",
+        _string,
+        "",
+        "Where to send the readiness message: vsock[-stream|-seqpacket|-dgram]:CID:PORT, "
+        "serial:NAME, unix:PATH, console or off. Empty: systemd's vmm.notify_socket credential, "
+        "else the virtio-serial port named guestinit.notify, else the console.",
+    ),
+    Param("log", "off|error|warn|info|debug", _choice("off", "error", "warn", "info", "debug"), "info",
+          "How much init writes to /dev/kmsg."),
+    Param("mode", "|".join(MODES), _choice(*MODES), "auto",
+          "Force a topology mode instead of detecting it from PCI devices."),
+    Param("modules", "list", _csv, (),
+          "Extra kernel modules to load at boot, comma-separated (dependencies load first)."),
+    Param("lockdown", "bool", _bool, False,
+          "After module loading write 1 to /proc/sys/kernel/modules_disabled."),
+    Param("ready_timeout", "seconds", _seconds, 30.0,
+          "Default bound on waiting for a service to become ready."),
+    Param("shutdown_timeout", "seconds", _seconds, 5.0,
+          "Bound on the whole shutdown: stop services, report, sync, power off."),
+)
+
+BY_NAME = {p.name: p for p in PARAMS}
+
+
+def split_cmdline(cmdline: str) -> list[str]:
+    """Split a kernel command line as the kernel does: spaces separate, double quotes group."""
+    words: list[str] = []
+    current: list[str] = []
+    quoted = False
+    started = False
+    for ch in cmdline:
+        if ch == '"':
+            quoted = not quoted
+            started = True
+        elif ch.isspace() and not quoted:
+            if started:
+                words.append("".join(current))
+                current = []
+                started = False
+        else:
+            current.append(ch)
+            started = True
+    if started:
+        words.append("".join(current))
+    return words
+
+
+class Config:
+    """The parsed ``guestinit.*`` values (defaults filled in) and the problems found on the way."""
+
+    def __init__(self, values: dict[str, object], problems: list[str], raw: dict[str, str]) -> None:
+        self.values = values
+        self.problems = problems
+        self.raw = raw
+
+    def __getitem__(self, name: str) -> object:
+        return self.values[name]
+
+    def str(self, name: str) -> str:
+        value = self.values[name]
+        assert isinstance(value, str)
+        return value
+
+    def bool(self, name: str) -> bool:
+        return bool(self.values[name])
+
+    def float(self, name: str) -> float:
+        value = self.values[name]
+        assert isinstance(value, int | float)
+        return float(value)
+
+    def list(self, name: str) -> tuple[str, ...]:
+        value = self.values[name]
+        assert isinstance(value, tuple)
+        return value
+
+
+def parse_cmdline(cmdline: str, table: tuple[Param, ...] = PARAMS) -> Config:
+    by_name = {p.name: p for p in table}
+    values: dict[str, object] = {p.name: p.default for p in table}
+    problems: list[str] = []
+    raw: dict[str, str] = {}
+    for word in split_cmdline(cmdline):
+        if not word.startswith(PREFIX):
+            continue
+        key, sep, text = word.partition("=")
+        name = key[len(PREFIX) :]
+        raw[name] = text
+        param = by_name.get(name)
+        if param is None:
+            problems.append(f"unknown key {key}: ignored (see `guestinit params` for the list)")
+            continue
+        if not sep and param.kind == "bool":
+            text = "on"
+        try:
+            values[name] = param.parse(text)
+        except ParamError as exc:
+            problems.append(f"{key}={text}: {exc}; using the default {param.default!r}")
+    return Config(values, problems, raw)
+
+
+def reference_markdown(table: tuple[Param, ...] = PARAMS) -> str:
+    """The kernel command-line reference, generated from the table."""
+    lines = [
+        "# guestinit kernel command-line keys",
+        "",
+        "Generated by `guestinit params --markdown` from `guestinit/init/params.py`; do not edit.",
+        "Unknown keys and bad values are reported on the console and in `STATUS=`, and the default",
+        "is used.",
+        "",
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for p in table:
+        default = ",".join(p.default) if isinstance(p.default, tuple) else p.default
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        lines.append(f"| `{PREFIX}{p.name}` | {p.kind} | `{default}` | {p.help} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,60 @@
+"""The few system calls Python's os module lacks: mount, umount2, reboot, finit_module.
+
+ctypes over libc, loaded once on first use; every failure raises OSError with errno set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_RELATIME = 1 << 21
+MNT_DETACH = 2
+
+RB_POWER_OFF = 0x4321FEDC
+RB_AUTOBOOT = 0x01234567
+RB_DISABLE_CAD = 0
+RB_ENABLE_CAD = 0x89ABCDEF
+
+SYS_FINIT_MODULE = 313  # x86_64
+
+_libc: ctypes.CDLL | None = None
+
+
+def libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    result = libc().mount(
+        source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags), data.encode() or None
+    )
+    _check(result, f"mount {fstype} on {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(libc().umount2(target.encode(), flags), f"umount {target}")
+
+
+def reboot(cmd: int) -> None:
+    _check(libc().reboot(ctypes.c_int(cmd)), "reboot")
+
+
+def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
+    result = libc().syscall(
+        ctypes.c_long(SYS_FINIT_MODULE), ctypes.c_int(fd), ctypes.c_char_p(params.encode()), ctypes.c_int(flags)
+    )
+    _check(result, "finit_module")
