@@ -8,7 +8,7 @@ import os
 
 from guestinit import __version__
 from guestinit.init import modules, mounts, params
-from guestinit.init.clock import Timeline, boottime, process_start
+from guestinit.init.clock import Timeline, boottime, kernel_log_stamp
 from guestinit.init.kmsg import LEVELS, Log
 from guestinit.init.report import SERIAL_PORT_NAME, Sender, find_virtio_port
 from guestinit.init.root import Root
@@ -38,7 +38,7 @@ class BootState:
 
 def choose_target(config: params.Config, root: Root) -> tuple[Target, str]:
     """The notify target and where it came from (kernel command line, virtio port, console)."""
-    text = config.str("notify")
+    text = config.text("notify")
     if text:
         try:
             return parse_target(text), "guestinit.notify"
@@ -59,10 +59,10 @@ def early(state: BootState) -> None:
             pass
         log.reopen(root("/dev/kmsg"))
         if state.exec_s is None and root.is_real:
-            state.exec_s = process_start(1)
+            state.exec_s = kernel_log_stamp("Run /init as init process", root("/dev/kmsg"))
     with state.timeline.phase("cmdline"):
         state.config = params.parse_cmdline(root.read_text("/proc/cmdline", ""))
-        log.level = LEVELS[state.config.str("log")]
+        log.level = LEVELS[state.config.text("log")]
         for problem in state.config.problems:
             log.warning(problem)
         state.problems.extend(state.config.problems)
@@ -71,14 +71,14 @@ def early(state: BootState) -> None:
 def load_modules(state: BootState) -> None:
     with state.timeline.phase("modules"):
         tree = modules.ModuleTree(state.root)
-        wanted = [*BASE_MODULES, *state.config.list("modules")]
+        wanted = [*BASE_MODULES, *state.config.strings("modules")]
         present = [m for m in wanted if tree.resolve(m) is not None]
         state.module_results = modules.load(tree, present)
         for result in state.module_results:
             if result.how == "failed":
                 state.log.warning(f"module {result.name}: {result.error}")
                 state.problems.append(f"module {result.name} failed")
-        if state.config.bool("lockdown"):
+        if state.config.flag("lockdown"):
             state.root.write_text("/proc/sys/kernel/modules_disabled", "1\n")
 
 

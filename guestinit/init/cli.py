@@ -1,9 +1,9 @@
 """``guestinit``: PID 1 when the kernel runs it, a small tool otherwise.
 
-  guestinit                  (as PID 1) boot the guest
-  guestinit version          print the version
-  guestinit params [--markdown]   the kernel command-line reference
-  guestinit probe [--root DIR] [--json]   what this machine's GPUs and BARs look like
+guestinit                  (as PID 1) boot the guest
+guestinit version          print the version
+guestinit params [--markdown]   the kernel command-line reference
+guestinit probe [--root DIR] [--json]   what this machine's GPUs and BARs look like
 """
 
 from __future__ import annotations

@@ -73,3 +73,37 @@ class _PhaseContext:
         self._phase.end_s = boottime()
         if exc is not None:
             self._phase.error = f"{type(exc).__name__}: {exc}"
+
+
+def kernel_log_stamp(marker: str, kmsg: str = "/dev/kmsg") -> float | None:
+    """Time of the first kernel log record containing ``marker`` (monotonic
+    seconds since boot, as the kernel stamps records), read without blocking from /dev/kmsg.
+
+    The kernel logs "Run /init as init process" just before it execs init, so this is the
+    exec time of PID 1 (its /proc stat start time is when the kernel created the task,
+    before the initramfs was unpacked).
+    """
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for _ in range(100000):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno == 32:  # EPIPE: a record was overwritten; keep reading
+                    continue
+                return None
+            if not record:
+                return None
+            for line in record.split(b"\n"):
+                head, sep, text = line.partition(b";")
+                if sep and not line.startswith(b" ") and marker.encode() in text:
+                    fields = head.split(b",")
+                    return int(fields[2]) / 1e6 if len(fields) > 2 else None
+        return None
+    finally:
+        os.close(fd)

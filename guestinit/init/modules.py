@@ -186,7 +186,9 @@ def load_one(tree: ModuleTree, name: str, params: str = "") -> LoadResult:
 def _modprobe(tree: ModuleTree, name: str, start: float, why: str) -> LoadResult:
     try:
         subprocess.run(
-            ["modprobe", "-d", tree.root.path, "-S", tree.kver, name] if not tree.root.is_real else ["modprobe", name],
+            ["modprobe", "-d", tree.root.path, "-S", tree.kver, name]
+            if not tree.root.is_real
+            else ["modprobe", name],
             check=True,
             capture_output=True,
             timeout=30,
@@ -196,7 +198,9 @@ def _modprobe(tree: ModuleTree, name: str, start: float, why: str) -> LoadResult
         return LoadResult(name, "failed", boottime() - start, f"{why}; modprobe: {exc}")
 
 
-def load(tree: ModuleTree, names: list[str] | tuple[str, ...], params: dict[str, str] | None = None) -> list[LoadResult]:
+def load(
+    tree: ModuleTree, names: list[str] | tuple[str, ...], params: dict[str, str] | None = None
+) -> list[LoadResult]:
     """Load names and their dependencies in order; a failed dependency fails its dependents."""
     params = params or {}
     results: list[LoadResult] = []

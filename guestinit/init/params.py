@@ -76,18 +76,40 @@ PARAMS: tuple[Param, ...] = (
         "serial:NAME, unix:PATH, console or off. Empty: systemd's vmm.notify_socket credential, "
         "else the virtio-serial port named guestinit.notify, else the console.",
     ),
-    Param("log", "off|error|warn|info|debug", _choice("off", "error", "warn", "info", "debug"), "info",
-          "How much init writes to /dev/kmsg."),
-    Param("mode", "|".join(MODES), _choice(*MODES), "auto",
-          "Force a topology mode instead of detecting it from PCI devices."),
-    Param("modules", "list", _csv, (),
-          "Extra kernel modules to load at boot, comma-separated (dependencies load first)."),
-    Param("lockdown", "bool", _bool, False,
-          "After module loading write 1 to /proc/sys/kernel/modules_disabled."),
-    Param("ready_timeout", "seconds", _seconds, 30.0,
-          "Default bound on waiting for a service to become ready."),
-    Param("shutdown_timeout", "seconds", _seconds, 5.0,
-          "Bound on the whole shutdown: stop services, report, sync, power off."),
+    Param(
+        "log",
+        "off|error|warn|info|debug",
+        _choice("off", "error", "warn", "info", "debug"),
+        "info",
+        "How much init writes to /dev/kmsg.",
+    ),
+    Param(
+        "mode",
+        "|".join(MODES),
+        _choice(*MODES),
+        "auto",
+        "Force a topology mode instead of detecting it from PCI devices.",
+    ),
+    Param(
+        "modules",
+        "list",
+        _csv,
+        (),
+        "Extra kernel modules to load at boot, comma-separated (dependencies load first).",
+    ),
+    Param(
+        "lockdown", "bool", _bool, False, "After module loading write 1 to /proc/sys/kernel/modules_disabled."
+    ),
+    Param(
+        "ready_timeout", "seconds", _seconds, 30.0, "Default bound on waiting for a service to become ready."
+    ),
+    Param(
+        "shutdown_timeout",
+        "seconds",
+        _seconds,
+        5.0,
+        "Bound on the whole shutdown: stop services, report, sync, power off.",
+    ),
 )
 
 BY_NAME = {p.name: p for p in PARAMS}
@@ -127,20 +149,20 @@ class Config:
     def __getitem__(self, name: str) -> object:
         return self.values[name]
 
-    def str(self, name: str) -> str:
+    def text(self, name: str) -> str:
         value = self.values[name]
         assert isinstance(value, str)
         return value
 
-    def bool(self, name: str) -> bool:
+    def flag(self, name: str) -> bool:
         return bool(self.values[name])
 
-    def float(self, name: str) -> float:
+    def number(self, name: str) -> float:
         value = self.values[name]
         assert isinstance(value, int | float)
         return float(value)
 
-    def list(self, name: str) -> tuple[str, ...]:
+    def strings(self, name: str) -> tuple[str, ...]:
         value = self.values[name]
         assert isinstance(value, tuple)
         return value

@@ -88,7 +88,7 @@ class Init:
             try:
                 sender.send({"EXIT_STATUS": str(exit_status), "STATUS": f"failed: {reason}"[:1024]})
                 sender.send({"X_SYSTEMD_SHUTDOWN": "poweroff"})
-                sender.flush(self.state.config.float("shutdown_timeout") - 1.0)
+                sender.flush(self.state.config.number("shutdown_timeout") - 1.0)
             except Exception as exc:  # reporting must not stop the power-off
                 log.error(f"could not report failure: {exc}")
         power_off(self.state.root, log)

@@ -55,6 +55,9 @@ def reboot(cmd: int) -> None:
 
 def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
     result = libc().syscall(
-        ctypes.c_long(SYS_FINIT_MODULE), ctypes.c_int(fd), ctypes.c_char_p(params.encode()), ctypes.c_int(flags)
+        ctypes.c_long(SYS_FINIT_MODULE),
+        ctypes.c_int(fd),
+        ctypes.c_char_p(params.encode()),
+        ctypes.c_int(flags),
     )
     _check(result, "finit_module")

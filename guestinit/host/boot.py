@@ -1,0 +1,385 @@
+"""``guestctl boot``: start an image in QEMU, wait for READY, power it off, print the timeline.
+
+One timeline joins three clocks: host time since QEMU started, the guest's CLOCK_BOOTTIME
+stamps (phases), and host receive times of notify messages. The guest's boottime zero is
+placed on the host axis from the READY message (host receive time minus guest ready time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from guestinit.host import qemu
+from guestinit.host.errors import UserError
+from guestinit.host.listen import Listener, Message
+
+DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio.zst")
+DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CPIO_MAGIC = b"070701"
+
+
+@dataclass
+class BootOptions:
+    image: Path = DEFAULT_IMAGE
+    kernel: Path | None = None
+    append: str = ""
+    extra_initrd: list[Path] = field(default_factory=list)
+    accel: str = "auto"  # auto | kvm | tcg
+    transport: str = "auto"  # auto | vsock | serial
+    timeout_s: float = 120.0
+    shutdown: bool = False
+    shutdown_timeout_s: float = 30.0
+    memory_mb: int = 2048
+    cpus: int = 2
+    run_dir: Path | None = None
+    qemu_extra: tuple[str, ...] = ()
+
+
+@dataclass
+class BootResult:
+    ready: bool = False
+    accel: str = ""
+    accel_why: str = ""
+    transport: str = ""
+    wall_s: float = 0.0
+    ready_host_s: float | None = None
+    uptime_at_ready_s: float | None = None
+    exit_status: int | None = None
+    status: str = ""
+    phases: list[dict[str, object]] = field(default_factory=list)
+    notify: dict[str, str] = field(default_factory=dict)
+    messages: list[dict[str, object]] = field(default_factory=list)
+    console_log: str = ""
+    qemu_exit: int | None = None
+    shutdown_s: float | None = None
+    error: str = ""
+    argv: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ready": self.ready,
+            "accel": self.accel,
+            "accel_why": self.accel_why,
+            "transport": self.transport,
+            "wall_s": round(self.wall_s, 3),
+            "ready_host_s": _r(self.ready_host_s),
+            "uptime_at_ready_s": _r(self.uptime_at_ready_s),
+            "exec_s": _r(_float(self.notify.get("X_GUESTINIT_EXEC_S"))),
+            "exit_status": self.exit_status,
+            "status": self.status,
+            "phases": self.phases,
+            "notify": self.notify,
+            "messages": self.messages,
+            "timeline": timeline(self),
+            "console_log": self.console_log,
+            "qemu_exit": self.qemu_exit,
+            "shutdown_s": _r(self.shutdown_s),
+            "error": self.error,
+        }
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _float(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def resolve_kernel(image: Path, kernel: Path | None) -> Path:
+    if kernel is not None:
+        if not kernel.is_file():
+            raise UserError(f"kernel {kernel} not found", hint="pass an existing --kernel file")
+        return kernel
+    name = image.name
+    for suffix in (".cpio.zst", ".cpio.gz", ".cpio", ".initrd", ".img"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    candidate = image.with_name(name + ".vmlinuz")
+    if not candidate.is_file():
+        raise UserError(f"no kernel beside {image} (looked for {candidate.name})", hint="pass --kernel")
+    return candidate
+
+
+def combine_initrd(image: Path, extras: list[Path], out: Path) -> Path:
+    """Append extra cpio archives to the image. A plain cpio after a zstd image is ignored by
+    the kernel, so plain extras are zstd-compressed first when the image is compressed."""
+    if not extras:
+        return image
+    with open(image, "rb") as f:
+        image_magic = f.read(4)
+    with open(out, "wb") as dst:
+        with open(image, "rb") as src:
+            shutil.copyfileobj(src, dst)
+        for extra in extras:
+            if not extra.is_file():
+                raise UserError(f"extra initrd {extra} not found", hint="pass an existing cpio archive")
+            with open(extra, "rb") as f:
+                magic = f.read(6)
+            if magic.startswith(CPIO_MAGIC) and image_magic == ZSTD_MAGIC:
+                data = subprocess.run(
+                    ["zstd", "-q", "-c", os.fspath(extra)], capture_output=True, check=True
+                ).stdout
+                dst.write(data)
+            elif magic.startswith(CPIO_MAGIC) or magic[:4] == ZSTD_MAGIC:
+                with open(extra, "rb") as src:
+                    shutil.copyfileobj(src, dst)
+            else:
+                raise UserError(
+                    f"extra initrd {extra} is neither a newc cpio nor zstd-compressed",
+                    hint="create it with `cpio -o -H newc` (optionally zstd-compressed)",
+                )
+    return out
+
+
+def choose_accel(requested: str, kernel: Path) -> tuple[str, str]:
+    if requested == "tcg":
+        return "tcg", "requested"
+    usable, why = qemu.probe_kvm(kernel)
+    if requested == "kvm":
+        if not usable:
+            raise UserError(f"KVM cannot boot guests here ({why})", hint="use --accel tcg or --accel auto")
+        return "kvm", why
+    return ("kvm", why) if usable else ("tcg", f"KVM unusable: {why}")
+
+
+def choose_transport(requested: str) -> str:
+    has_vhost = os.path.exists("/dev/vhost-vsock")
+    if requested == "vsock" and not has_vhost:
+        raise UserError(
+            "vsock transport needs /dev/vhost-vsock", hint="modprobe vhost_vsock, or --transport serial"
+        )
+    if requested == "auto":
+        return "vsock" if has_vhost else "serial"
+    return requested
+
+
+def _message_dict(msg: Message, t0: float) -> dict[str, object]:
+    return {"received_s": round(msg.received - t0, 4), "source": msg.source, "fields": msg.fields}
+
+
+def boot(opts: BootOptions) -> BootResult:
+    """Boot once; raises UserError for bad input, returns a result for anything the guest did."""
+    if not opts.image.is_file():
+        raise UserError(
+            f"image {opts.image} not found", hint="build it first: guestctl build kata (or make run)"
+        )
+    kernel = resolve_kernel(opts.image, opts.kernel)
+    binary = qemu.find_qemu()
+    result = BootResult()
+    result.accel, result.accel_why = choose_accel(opts.accel, kernel)
+    result.transport = choose_transport(opts.transport)
+    run_dir = opts.run_dir or Path("build/runs") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sock_dir = Path(tempfile.mkdtemp(prefix="guestinit-"))  # AF_UNIX paths must be short
+    console = run_dir / "console.log"
+    result.console_log = os.fspath(console)
+    initrd = combine_initrd(opts.image, opts.extra_initrd, run_dir / "initrd.img")
+    notify_sock = sock_dir / "notify.sock"
+    qmp_sock = sock_dir / "qmp.sock"
+    vsock_port = qemu.DEFAULT_VSOCK_PORT
+    append = " ".join(
+        x for x in (DEFAULT_APPEND, qemu.notify_append(result.transport, vsock_port), opts.append) if x
+    )
+    cfg = qemu.QemuConfig(
+        kernel=kernel,
+        initrd=initrd,
+        append=append,
+        accel=result.accel,
+        memory_mb=opts.memory_mb,
+        cpus=opts.cpus,
+        transport=result.transport,
+        notify_socket=notify_sock,
+        vsock_cid=3 + os.getpid() % 100000,
+        qmp_socket=qmp_sock,
+        console_log=console,
+        extra=opts.qemu_extra,
+        binary=binary,
+    )
+    result.argv = qemu.qemu_argv(cfg)
+    address = f"serial:{notify_sock}" if result.transport == "serial" else f"vsock:{vsock_port}"
+    listener = Listener([address]).start()
+    qemu_log = open(run_dir / "qemu.log", "wb")  # noqa: SIM115 - closed in finally
+    t0 = time.monotonic()
+    proc = subprocess.Popen(result.argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT)
+    try:
+        _wait(proc, listener, result, t0, opts.timeout_s)
+        if result.ready and opts.shutdown:
+            _graceful_shutdown(proc, listener, result, qmp_sock, t0, opts.shutdown_timeout_s)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                q = qemu.QMP(qmp_sock, timeout_s=2)
+                q.command("quit")
+                q.close()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        result.qemu_exit = proc.returncode
+        result.wall_s = time.monotonic() - t0
+        listener.close()
+        qemu_log.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    if result.qemu_exit not in (0, None) and not result.ready and not result.error:
+        tail = (run_dir / "qemu.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        result.error = f"QEMU exited with {result.qemu_exit}: {tail[0][:200]}"
+    return result
+
+
+def _absorb(msg: Message, result: BootResult, t0: float) -> None:
+    result.messages.append(_message_dict(msg, t0))
+    result.notify.update(msg.fields)
+    if "STATUS" in msg.fields:
+        result.status = msg.fields["STATUS"]
+    if msg.fields.get("READY") == "1" and not result.ready:
+        result.ready = True
+        result.ready_host_s = msg.received - t0
+        result.uptime_at_ready_s = _float(msg.fields.get("X_GUESTINIT_READY_S"))
+        phases = msg.fields.get("X_GUESTINIT_PHASES")
+        if phases:
+            import json
+
+            with contextlib.suppress(ValueError):
+                loaded = json.loads(phases)
+                if isinstance(loaded, list):
+                    result.phases = [p for p in loaded if isinstance(p, dict)]
+    if "EXIT_STATUS" in msg.fields:
+        try:
+            result.exit_status = int(msg.fields["EXIT_STATUS"])
+        except ValueError:
+            result.exit_status = 255
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], listener: Listener, result: BootResult, t0: float, timeout_s: float
+) -> None:
+    deadline = t0 + timeout_s
+    while time.monotonic() < deadline:
+        msg = listener.get(timeout=0.05)
+        if msg is not None:
+            _absorb(msg, result, t0)
+            if result.ready or (result.exit_status not in (None, 0)):
+                return
+        if proc.poll() is not None:
+            # drain what arrived just before QEMU exited
+            while (msg := listener.get(timeout=0.2)) is not None:
+                _absorb(msg, result, t0)
+            if not result.ready and not result.error:
+                result.error = f"QEMU exited ({proc.returncode}) before READY"
+            return
+    result.error = f"no READY within {timeout_s:.0f} s"
+
+
+def _graceful_shutdown(
+    proc: subprocess.Popen[bytes],
+    listener: Listener,
+    result: BootResult,
+    qmp_sock: Path,
+    t0: float,
+    timeout_s: float,
+) -> None:
+    start = time.monotonic()
+    try:
+        q = qemu.QMP(qmp_sock, timeout_s=5)
+        q.command("system_powerdown")
+        q.close()
+    except OSError as exc:
+        result.error = f"system_powerdown failed: {exc}"
+        return
+    while time.monotonic() - start < timeout_s:
+        msg = listener.get(timeout=0.05)
+        if msg is not None:
+            _absorb(msg, result, t0)
+        if proc.poll() is not None:
+            result.shutdown_s = time.monotonic() - start
+            while (msg := listener.get(timeout=0.1)) is not None:
+                _absorb(msg, result, t0)
+            return
+    result.error = f"guest did not power off within {timeout_s:.0f} s of system_powerdown"
+
+
+def timeline(result: BootResult) -> list[dict[str, object]]:
+    """One timeline on the host axis (seconds since QEMU started): kernel start (estimated
+    from READY), init exec, each guest phase, and each message's host receive time."""
+    rows: list[dict[str, object]] = []
+    offset = None
+    if result.ready_host_s is not None and result.uptime_at_ready_s is not None:
+        offset = result.ready_host_s - result.uptime_at_ready_s  # host time of guest boottime 0
+    rows.append({"event": "qemu start", "host_s": 0.0, "guest_s": None, "duration_s": None})
+    if offset is not None:
+        rows.append(
+            {"event": "kernel start (est.)", "host_s": round(offset, 4), "guest_s": 0.0, "duration_s": None}
+        )
+        exec_s = _float(result.notify.get("X_GUESTINIT_EXEC_S"))
+        if exec_s is not None:
+            rows.append(
+                {
+                    "event": "init exec",
+                    "host_s": round(offset + exec_s, 4),
+                    "guest_s": exec_s,
+                    "duration_s": None,
+                }
+            )
+        for phase in result.phases:
+            start = _float(str(phase.get("start_s")))
+            end = _float(str(phase.get("end_s")))
+            if start is None or end is None:
+                continue
+            rows.append(
+                {
+                    "event": f"phase {phase.get('name')}",
+                    "host_s": round(offset + start, 4),
+                    "guest_s": start,
+                    "duration_s": round(end - start, 4),
+                }
+            )
+    for msg in result.messages:
+        fields = msg["fields"]
+        assert isinstance(fields, dict)
+        keys = ",".join(k for k in fields if k in ("READY", "EXIT_STATUS", "X_SYSTEMD_SHUTDOWN", "STATUS"))
+        rows.append(
+            {"event": f"received {keys}", "host_s": msg["received_s"], "guest_s": None, "duration_s": None}
+        )
+    return rows
+
+
+def format_timeline(result: BootResult) -> str:
+    lines = [f"{'event':<34} {'host s':>9} {'guest s':>9} {'duration':>10}"]
+    for row in timeline(result):
+        guest = "" if row["guest_s"] is None else f"{row['guest_s']:.3f}"
+        duration = "" if row["duration_s"] is None else f"{float(str(row['duration_s'])) * 1000:.1f} ms"
+        lines.append(
+            f"{str(row['event'])[:34]:<34} {float(str(row['host_s'])):>9.3f} {guest:>9} {duration:>10}"
+        )
+    return "\n".join(lines)
+
+
+def summary(result: BootResult) -> str:
+    parts = [f"accel {result.accel} ({result.accel_why})", f"transport {result.transport}"]
+    if result.ready:
+        parts.append(
+            f"READY at guest uptime {result.uptime_at_ready_s:.3f} s, host {result.ready_host_s:.3f} s"
+        )
+        exec_s = _float(result.notify.get("X_GUESTINIT_EXEC_S"))
+        if exec_s is not None and result.uptime_at_ready_s is not None:
+            parts.append(f"init exec to READY {result.uptime_at_ready_s - exec_s:.3f} s")
+    if result.shutdown_s is not None:
+        parts.append(f"powerdown to QEMU exit {result.shutdown_s:.3f} s")
+    parts.append(f"wall {result.wall_s:.3f} s")
+    return "; ".join(parts)

@@ -1,0 +1,217 @@
+"""QEMU: the accelerator probe, the argument list for a direct kernel boot, and a QMP client.
+
+Argument construction is a pure function of ``QemuConfig`` so it is unit-tested without
+running QEMU; ``probe_kvm`` really boots the kernel for a moment, because on nested PVM hosts
+/dev/kvm exists and still cannot run ordinary guests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from guestinit.host.errors import UserError
+
+QEMU = "qemu-system-x86_64"
+NOTIFY_PORT_NAME = "guestinit.notify"
+DEFAULT_VSOCK_PORT = 8888
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    kernel: Path
+    initrd: Path
+    append: str
+    accel: str = "tcg"  # kvm | tcg
+    memory_mb: int = 2048
+    cpus: int = 2
+    machine: str = "q35"
+    transport: str = "serial"  # serial | vsock
+    notify_socket: Path | None = None  # serial: host-side Unix socket QEMU connects to
+    vsock_cid: int = 3
+    qmp_socket: Path | None = None
+    console_log: Path | None = None
+    rng: bool = True
+    extra: tuple[str, ...] = field(default_factory=tuple)
+    binary: str = QEMU
+
+
+def qemu_argv(cfg: QemuConfig) -> list[str]:
+    """The full QEMU command line for a direct kernel boot of ``cfg``."""
+    cpu = "host" if cfg.accel == "kvm" else "max"
+    argv = [
+        cfg.binary,
+        "-nodefaults",
+        "-no-user-config",
+        "-accel",
+        cfg.accel,
+        "-machine",
+        cfg.machine,
+        "-cpu",
+        cpu,
+        "-smp",
+        str(cfg.cpus),
+        "-m",
+        str(cfg.memory_mb),
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        os.fspath(cfg.kernel),
+        "-initrd",
+        os.fspath(cfg.initrd),
+        "-append",
+        cfg.append,
+    ]
+    if cfg.console_log is not None:
+        argv += ["-serial", f"file:{os.fspath(cfg.console_log)}"]
+    else:
+        argv += ["-serial", "null"]
+    if cfg.rng:
+        argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]
+    if cfg.qmp_socket is not None:
+        argv += ["-qmp", f"unix:{os.fspath(cfg.qmp_socket)},server=on,wait=off"]
+    if cfg.transport == "vsock":
+        argv += ["-device", f"vhost-vsock-pci,id=vsock0,guest-cid={cfg.vsock_cid}"]
+    elif cfg.transport == "serial":
+        if cfg.notify_socket is None:
+            raise ValueError("serial transport needs notify_socket")
+        argv += [
+            "-device",
+            "virtio-serial-pci,id=vser0",
+            "-chardev",
+            f"socket,id=notify0,path={os.fspath(cfg.notify_socket)},reconnect=1",
+            "-device",
+            f"virtserialport,bus=vser0.0,chardev=notify0,name={NOTIFY_PORT_NAME}",
+        ]
+    else:
+        raise ValueError(f"unknown transport {cfg.transport!r}")
+    argv += list(cfg.extra)
+    return argv
+
+
+def notify_append(transport: str, vsock_port: int = DEFAULT_VSOCK_PORT) -> str:
+    """The guestinit.notify= value matching a transport."""
+    if transport == "vsock":
+        return f"guestinit.notify=vsock-stream:2:{vsock_port}"
+    return f"guestinit.notify=serial:{NOTIFY_PORT_NAME}"
+
+
+def find_qemu(binary: str = QEMU) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise UserError(
+            f"{binary} not found", hint="install it: apt-get install qemu-system-x86 (or run make setup)"
+        )
+    return path
+
+
+def qemu_version(binary: str = QEMU) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    first = out.splitlines()[0] if out else ""
+    return first.split("version")[-1].split()[0] if "version" in first else "unknown"
+
+
+def _probe_cache_path() -> Path:
+    cache = Path(os.environ.get("GUESTINIT_CACHE", Path.home() / ".cache" / "guestinit"))
+    return cache / "kvm-probe.json"
+
+
+def probe_kvm(
+    kernel: Path, binary: str = QEMU, timeout_s: float = 4.0, use_cache: bool = True
+) -> tuple[bool, str]:
+    """Does KVM really boot a guest here? Boots ``kernel`` with no initrd and looks for the
+    kernel's banner on the serial port within ``timeout_s``. Returns (usable, why)."""
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not accessible"
+    key = f"{os.uname().release} {qemu_version(binary)} {os.stat('/dev/kvm').st_rdev}"
+    cache = _probe_cache_path()
+    if use_cache:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            data = json.loads(cache.read_text())
+            if data["key"] == key:
+                return bool(data["usable"]), str(data["why"]) + " (cached)"
+    argv = [
+        binary, "-nodefaults", "-no-user-config", "-accel", "kvm", "-machine", "q35", "-cpu", "host",
+        "-m", "256", "-display", "none", "-no-reboot", "-serial", "stdio",
+        "-kernel", os.fspath(kernel), "-append", "console=ttyS0 panic=-1 earlyprintk=ttyS0",
+    ]  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    elapsed = time.monotonic() - start
+    text = out.decode(errors="replace")
+    if "Linux version" in text:
+        usable, why = True, f"kernel banner after {elapsed:.1f} s"
+    elif proc.returncode not in (None, 0, -9) and err:
+        usable, why = False, "QEMU failed: " + err.decode(errors="replace").strip().splitlines()[-1][:200]
+    else:
+        usable, why = False, f"no kernel output within {timeout_s:.0f} s"
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "usable": usable, "why": why}))
+    return usable, why
+
+
+class QMP:
+    """A minimal QMP client over a Unix socket (capabilities negotiation, commands, events)."""
+
+    def __init__(self, path: Path, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: OSError | None = None
+        while time.monotonic() < deadline:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout_s)
+                self.sock.connect(os.fspath(path))
+                break
+            except OSError as exc:
+                last = exc
+                self.sock.close()
+                time.sleep(0.05)
+        else:
+            raise OSError(f"cannot connect to QMP at {path}: {last}")
+        self.file = self.sock.makefile("rwb")
+        self.events: list[dict[str, object]] = []
+        self._read()  # greeting
+        self.command("qmp_capabilities")
+
+    def _read(self) -> dict[str, object]:
+        line = self.file.readline()
+        if not line:
+            raise OSError("QMP connection closed")
+        msg: dict[str, object] = json.loads(line)
+        return msg
+
+    def command(self, name: str, **arguments: object) -> object:
+        request: dict[str, object] = {"execute": name}
+        if arguments:
+            request["arguments"] = arguments
+        self.file.write(json.dumps(request).encode() + b"\n")
+        self.file.flush()
+        while True:
+            msg = self._read()
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            if "error" in msg:
+                raise OSError(f"QMP {name}: {msg['error']}")
+            return msg.get("return")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+            self.sock.close()

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from guestinit.host import qemu
+from guestinit.host.boot import combine_initrd, resolve_kernel
+from guestinit.host.errors import UserError
+
+
+def _cfg(**kw: object) -> qemu.QemuConfig:
+    base: dict[str, object] = {
+        "kernel": Path("/k"),
+        "initrd": Path("/i"),
+        "append": "console=ttyS0",
+        "notify_socket": Path("/tmp/n.sock"),
+        "qmp_socket": Path("/tmp/q.sock"),
+        "console_log": Path("/tmp/c.log"),
+    }
+    base.update(kw)
+    return qemu.QemuConfig(**base)  # type: ignore[arg-type]
+
+
+def _pairs(argv: list[str]) -> list[tuple[str, str]]:
+    return [(argv[i], argv[i + 1]) for i in range(1, len(argv) - 1) if argv[i].startswith("-")]
+
+
+def test_tcg_serial_argv() -> None:
+    argv = qemu.qemu_argv(_cfg())
+    pairs = _pairs(argv)
+    assert ("-accel", "tcg") in pairs
+    assert ("-machine", "q35") in pairs
+    assert ("-cpu", "max") in pairs
+    assert ("-kernel", "/k") in pairs and ("-initrd", "/i") in pairs
+    assert ("-append", "console=ttyS0") in pairs
+    assert ("-serial", "file:/tmp/c.log") in pairs
+    assert ("-qmp", "unix:/tmp/q.sock,server=on,wait=off") in pairs
+    assert ("-chardev", "socket,id=notify0,path=/tmp/n.sock,reconnect=1") in pairs
+    assert ("-device", "virtserialport,bus=vser0.0,chardev=notify0,name=guestinit.notify") in pairs
+    assert "vhost-vsock-pci" not in " ".join(argv)
+    assert "-no-reboot" in argv
+
+
+def test_kvm_vsock_argv() -> None:
+    argv = qemu.qemu_argv(_cfg(accel="kvm", transport="vsock", vsock_cid=42))
+    pairs = _pairs(argv)
+    assert ("-accel", "kvm") in pairs and ("-cpu", "host") in pairs
+    assert ("-device", "vhost-vsock-pci,id=vsock0,guest-cid=42") in pairs
+    assert "virtio-serial-pci" not in " ".join(argv)
+    assert qemu.notify_append("vsock", 9000) == "guestinit.notify=vsock-stream:2:9000"
+    assert qemu.notify_append("serial") == "guestinit.notify=serial:guestinit.notify"
+
+
+def test_unknown_transport_rejected() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        qemu.qemu_argv(_cfg(transport="carrier-pigeon"))
+
+
+def test_this_qemu_accepts_the_devices() -> None:
+    """The devices and options we generate exist in this machine's QEMU."""
+    binary = qemu.find_qemu()
+    devices = subprocess.run([binary, "-device", "help"], capture_output=True, text=True).stdout
+    for name in ("virtio-serial-pci", "virtserialport", "virtio-rng-pci", "vhost-vsock-pci"):
+        assert f'"{name}"' in devices
+
+
+@pytest.fixture
+def no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUESTINIT_CACHE", str(tmp_path / "cache"))
+
+
+def test_probe_kvm_sees_banner(fp, tmp_path: Path, no_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(qemu.os, "access", lambda *a: True)
+    monkeypatch.setattr(qemu.os.path, "exists", lambda p: True)
+    monkeypatch.setattr(qemu.os, "stat", lambda p: type("S", (), {"st_rdev": 1})())
+    fp.register(["qemu-system-x86_64", "--version"], stdout="QEMU emulator version 7.2.19\n")
+    fp.register(["qemu-system-x86_64", fp.any()], stdout="[    0.000000] Linux version 6.12\n")
+    usable, why = qemu.probe_kvm(tmp_path / "k", use_cache=False)
+    assert usable and "banner" in why
+
+
+def test_probe_kvm_failure_reason(
+    fp, tmp_path: Path, no_cache: None, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(qemu.os, "access", lambda *a: True)
+    monkeypatch.setattr(qemu.os.path, "exists", lambda p: True)
+    monkeypatch.setattr(qemu.os, "stat", lambda p: type("S", (), {"st_rdev": 1})())
+    fp.register(["qemu-system-x86_64", "--version"], stdout="QEMU emulator version 7.2.19\n")
+    fp.register(
+        ["qemu-system-x86_64", fp.any()],
+        stderr="qemu-system-x86_64: error: failed to set MSR 0x10a to 0x0\n",
+        returncode=1,
+    )
+    usable, why = qemu.probe_kvm(tmp_path / "k", use_cache=False)
+    assert not usable and "MSR 0x10a" in why
+
+
+def test_probe_kvm_without_dev_kvm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(qemu.os.path, "exists", lambda p: False)
+    assert qemu.probe_kvm(tmp_path / "k") == (False, "/dev/kvm does not exist")
+
+
+def test_resolve_kernel(tmp_path: Path) -> None:
+    image = tmp_path / "x.cpio.zst"
+    image.write_bytes(b"")
+    with pytest.raises(UserError, match="no kernel beside"):
+        resolve_kernel(image, None)
+    (tmp_path / "x.vmlinuz").write_bytes(b"k")
+    assert resolve_kernel(image, None) == tmp_path / "x.vmlinuz"
+
+
+def _cpio(tmp_path: Path, name: str, content: bytes) -> Path:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / name).write_bytes(content)
+    out = tmp_path / f"{name}.cpio"
+    subprocess.run(f"cd {src} && echo {name} | cpio -o -H newc --quiet > {out}", shell=True, check=True)
+    return out
+
+
+def test_combine_initrd_compresses_plain_cpio_after_zstd(tmp_path: Path) -> None:
+    base = _cpio(tmp_path, "a", b"A")
+    subprocess.run(["zstd", "-q", str(base), "-o", str(tmp_path / "img.cpio.zst")], check=True)
+    extra = _cpio(tmp_path, "b", b"B")
+    out = combine_initrd(tmp_path / "img.cpio.zst", [extra], tmp_path / "out.img")
+    # one multi-frame zstd stream that decompresses to both archives
+    data = subprocess.run(["zstd", "-dc", str(out)], capture_output=True, check=True).stdout
+    assert data == base.read_bytes() + extra.read_bytes()
+
+
+def test_combine_initrd_rejects_garbage(tmp_path: Path) -> None:
+    img = tmp_path / "img"
+    img.write_bytes(b"\x28\xb5\x2f\xfd")
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"hello")
+    with pytest.raises(UserError, match="neither a newc cpio"):
+        combine_initrd(img, [junk], tmp_path / "out")

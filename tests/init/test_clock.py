@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from guestinit.init.clock import Timeline, kernel_log_stamp
+
+
+def test_kernel_log_stamp_finds_init_exec(tmp_path: Path) -> None:
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_bytes(
+        b"6,1,0,-;Linux version 6.12\n"
+        b" SUBSYSTEM=x\n"
+        b"6,500,3719123,-;Run /init as init process\n"
+        b"6,501,3800000,-;later\n"
+    )
+    assert kernel_log_stamp("Run /init as init process", str(kmsg)) == 3.719123
+    assert kernel_log_stamp("absent", str(kmsg)) is None
+    assert kernel_log_stamp("x", str(tmp_path / "missing")) is None
+
+
+def test_timeline_records_errors() -> None:
+    t = Timeline()
+    with t.phase("a"):
+        pass
+    try:
+        with t.phase("b"):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    phases = t.as_list()
+    assert [p["name"] for p in phases] == ["a", "b"]
+    assert phases[1]["error"] == "RuntimeError: boom"
+    assert float(str(phases[0]["end_s"])) >= float(str(phases[0]["start_s"]))

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guestinit.init import modules
+from guestinit.init.root import Root
+
+KVER = "6.12.0-test"
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> modules.ModuleTree:
+    base = tmp_path / "usr/lib/modules" / KVER
+    base.mkdir(parents=True)
+    (base / "modules.dep").write_text(
+        "kernel/net/vmw_vsock/vsock.ko.xz:\n"
+        "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz: kernel/net/vmw_vsock/vsock.ko.xz\n"
+        "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko.xz: "
+        "kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz kernel/net/vmw_vsock/vsock.ko.xz\n"
+        "updates/nvidia.ko:\n"
+        "updates/nvidia-uvm.ko: updates/nvidia.ko\n"
+    )
+    (base / "modules.builtin").write_text("kernel/drivers/char/virtio_console.ko\n")
+    (base / "modules.alias").write_text("alias net-pf-40 vsock\nalias pci:v000010DEd*sv* nvidia\n")
+    (tmp_path / "etc/modprobe.d").mkdir(parents=True)
+    (tmp_path / "etc/modprobe.d/nvidia.conf").write_text(
+        "options nvidia NVreg_DeviceFileMode=0660 # comment\n"
+    )
+    (tmp_path / "sys/module/already").mkdir(parents=True)
+    return modules.ModuleTree(Root(tmp_path), KVER)
+
+
+def test_dependencies_load_first_and_once(tree: modules.ModuleTree) -> None:
+    order = tree.order(["vmw_vsock_virtio_transport", "vsock", "nvidia-uvm"])
+    assert order == [
+        "vsock",
+        "vmw_vsock_virtio_transport_common",
+        "vmw_vsock_virtio_transport",
+        "nvidia",
+        "nvidia_uvm",
+    ]
+
+
+def test_alias_and_builtin_resolve(tree: modules.ModuleTree) -> None:
+    assert tree.resolve("net-pf-40") == "vsock"
+    assert tree.resolve("virtio-console") == "virtio_console"
+    assert tree.resolve("nope") is None
+
+
+def test_options_from_modprobe_d(tree: modules.ModuleTree) -> None:
+    assert tree.options["nvidia"] == "NVreg_DeviceFileMode=0660"
+
+
+def test_builtin_and_loaded_are_skipped(tree: modules.ModuleTree) -> None:
+    assert modules.load_one(tree, "virtio_console").how == "builtin"
+    tree.paths["already"] = "kernel/already.ko"
+    assert modules.load_one(tree, "already").how == "loaded"
+
+
+def test_failed_dependency_fails_dependents(tree: modules.ModuleTree, fp) -> None:  # type: ignore[no-untyped-def]
+    # The files are not real modules: finit_module fails, modprobe (faked) fails too.
+    fp.register(["modprobe", fp.any()], returncode=1, stderr="modprobe: FATAL")
+    fp.keep_last_process(True)
+    results = modules.load(tree, ["vmw_vsock_virtio_transport"])
+    assert [r.how for r in results] == ["failed", "failed", "failed"]
+    assert "dependency vsock failed" in results[1].error
