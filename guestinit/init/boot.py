@@ -12,6 +12,7 @@ from guestinit.init.clock import Timeline, boottime, kernel_log_stamp
 from guestinit.init.kmsg import LEVELS, Log
 from guestinit.init.report import SERIAL_PORT_NAME, Sender, find_virtio_port
 from guestinit.init.root import Root
+from guestinit.notify import credentials
 from guestinit.notify.address import AddressError, Target, parse_target
 
 # Modules the guest loads itself (no udev): the vsock transports for the readiness channel,
@@ -37,16 +38,27 @@ class BootState:
 
 
 def choose_target(config: params.Config, root: Root) -> tuple[Target, str]:
-    """The notify target and where it came from (kernel command line, virtio port, console)."""
+    """The notify target and where it came from: ``guestinit.notify=``, else systemd's
+    ``vmm.notify_socket`` credential (fw_cfg, SMBIOS type 11, kernel command line), else the
+    virtio-serial port named guestinit.notify, else the console. A bad address falls back to
+    the console, and the returned source says why."""
     text = config.text("notify")
     if text:
         try:
             return parse_target(text), "guestinit.notify"
         except AddressError as exc:
             return Target("console"), f"console ({exc})"
+    words = params.split_cmdline(root.read_text("/proc/cmdline", ""))
+    address, origin, problems = credentials.notify_socket(root, words)
+    note = f" ({'; '.join(problems)})" if problems else ""
+    if address:
+        try:
+            return parse_target(address), f"{credentials.NOTIFY_CREDENTIAL} from {origin}{note}"
+        except AddressError as exc:
+            return Target("console"), f"console ({credentials.NOTIFY_CREDENTIAL} from {origin}: {exc})"
     if find_virtio_port(root("/sys"), root("/dev"), SERIAL_PORT_NAME):
-        return Target("serial", path=SERIAL_PORT_NAME), "virtio-serial port"
-    return Target("console"), "console (no other transport found)"
+        return Target("serial", path=SERIAL_PORT_NAME), f"virtio-serial port{note}"
+    return Target("console"), f"console (no other transport found){note}"
 
 
 def early(state: BootState) -> None:
