@@ -8,6 +8,9 @@
  *                               "1,2" (default); others get FM_ST_VERSION_MISMATCH, as libraries
  *                               of different releases do.
  *   FAKE_NVFM_TRACE             a file to append one line per fmConnect to (what the caller sent).
+ *   FAKE_NVFM_ALLOW_VSOCK=1     really open AF_VSOCK for vsock addresses; by default a vsock
+ *                               fmConnect is traced and answered FM_ST_CONNECTION_NOT_VALID, because
+ *                               the test machine's own vsock device must never be touched.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -105,6 +108,8 @@ static fmReturn_t open_socket(int type, const char *info, unsigned int timeout_m
         unsigned int cid, port;
         char tail;
         if (sscanf(info, "%u:%u%c", &cid, &port, &tail) != 2) return FM_ST_BADPARAM;
+        const char *allow = getenv("FAKE_NVFM_ALLOW_VSOCK");
+        if (!allow || strcmp(allow, "1")) return FM_ST_CONNECTION_NOT_VALID;
         struct fake_sockaddr_vm svm = {.svm_family = AF_VSOCK, .svm_port = port, .svm_cid = cid};
         fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) return FM_ST_CONNECTION_NOT_VALID;

@@ -1,0 +1,188 @@
+"""Test harness for the fabric tests and the latency benchmark: builds the C test doubles (fake
+libnvfm.so.1 and fake-nv-fabricmanager) with gcc, runs the fake fabricmanager from a rendered
+fabricmanager.cfg, and runs the real fm-controller as a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from guestinit.fabric import render
+
+FAKE_SRC = Path(__file__).resolve().parent / "fake"
+REPO = Path(__file__).resolve().parents[2]
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-pthread"]
+
+
+def build_fakes(out: Path) -> tuple[Path, Path]:
+    """Compile the test doubles into ``out``; returns (libnvfm.so.1, fake-nv-fabricmanager)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lib = out / "libnvfm.so.1"
+    daemon = out / "fake-nv-fabricmanager"
+    subprocess.run(
+        ["gcc", *CFLAGS, "-shared", "-fPIC", "-fvisibility=hidden", "-o", lib, FAKE_SRC / "libnvfm.c"], check=True
+    )
+    subprocess.run(["gcc", *CFLAGS, "-o", daemon, FAKE_SRC / "fabricmanager.c"], check=True)
+    return lib, daemon
+
+
+class FakeFabricManager:
+    """The fake nv-fabricmanager on a unix socket, configured through the real cfg template."""
+
+    def __init__(self, daemon: Path, workdir: Path, **env: str) -> None:
+        self.daemon = daemon
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "fm.sock"
+        self.state_file = self.dir / "fabricmanager.state"
+        self.log_file = self.dir / "fabricmanager.log"
+        self.cfg = self.dir / "fabricmanager.cfg"
+        self.env = {"FAKE_FM_INIT_MS": "100", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.overrides = {
+            "FM_CMD_UNIX_SOCKET_PATH": str(self.socket),
+            "STATE_FILE_NAME": str(self.state_file),
+            "LOG_FILE_NAME": str(self.log_file),
+        }
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self, restart: bool = False, **env: str) -> FakeFabricManager:
+        render.write_atomically(self.cfg, render.fabricmanager_cfg(self.overrides))
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        argv = [str(self.daemon), "-c", str(self.cfg), *(["--restart"] if restart else [])]
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **self.env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 5
+        while not self.socket.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fake fabricmanager exited {self.proc.returncode}: {self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake fabricmanager did not create its socket")
+            time.sleep(0.01)
+        return self
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, nothing cleaned up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+    def active(self) -> list[int]:
+        """The active set as the fake itself persisted it."""
+        lines = self.state_file.read_text().splitlines()
+        return sorted(int(line.split()[1]) for line in lines if line.startswith("active "))
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+
+class ControllerProcess:
+    """The real fm-controller, as a subprocess of the test."""
+
+    def __init__(self, lib: Path, workdir: Path, fm_address: str, *extra: str) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "ctl.sock"
+        self.state = self.dir / "controller-state.json"
+        self.ready = self.dir / "ready"
+        self.log_path = self.dir / "controller.log"
+        self.argv = [
+            sys.executable,
+            "-m",
+            "guestinit.fabric.controller",
+            "--listen",
+            f"unix:{self.socket}",
+            "--libnvfm",
+            str(lib),
+            "--fm-address",
+            fm_address,
+            "--state",
+            str(self.state),
+            "--ready-file",
+            str(self.ready),
+            "--poll-interval",
+            "0.2",
+            *extra,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self, wait: bool = True) -> ControllerProcess:
+        with contextlib.suppress(FileNotFoundError):
+            self.ready.unlink()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            deadline = time.monotonic() + 15
+            while not self.ready.exists():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"fm-controller exited {self.proc.returncode}: {self.log()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"fm-controller not ready: {self.log()}")
+                time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(AttributeError):
+            self._log.close()
+        return self.proc.returncode if self.proc is not None else None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def stub(address: str) -> Iterator[tuple[Any, Any]]:
+    """(stub, messages module) on a fresh channel with its own connection."""
+    import grpc
+
+    from guestinit.fabric import api
+
+    target = address.removeprefix("tcp:")
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        yield api.services().FabricControllerStub(channel), api.messages()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll until true; errors while polling count as false (the last try lets them through)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except Exception:
+            pass
+        time.sleep(interval)
+    return bool(predicate())
