@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None, start_s: float | None = None) -> int:
 
 
 def tool(argv: list[str]) -> int:
+    if argv[:1] == ["probe"]:
+        from guestinit.init.probe import main as probe_main
+
+        return probe_main(argv[1:])
     import argparse
 
     from guestinit import __version__
