@@ -1,0 +1,161 @@
+"""NVRC's topology modes, chosen from counts of PCI functions (references §1).
+
+GPU = vendor 0x10de with class 0x03xxxx; NVSwitch = vendor 0x10de with class 0x0680xx;
+SW_MNG = vendor 0x15b3 with ``SW_MNG`` in its VPD (the NVLink-5 switch management bridge).
+
+    mode             NVSwitch  GPU  SW_MNG   modules                      fabric
+    cpu                  0      0     0      -                            -
+    gpu                  0     n>0    0      nvidia nvidia_uvm            -
+    gpu-nvl4             4      8     0      nvidia nvidia_uvm            fabricmanager FABRIC_MODE=0
+    gpu-nvl5             0      8     4      nvidia nvidia_uvm ib_umad    nvlsm + fabricmanager
+                                             mlx5_ib                      FABRIC_MODE=0
+    servicevm-nvl4       4      0     0      nvidia                       fabricmanager FABRIC_MODE=1
+    servicevm-nvl5       0      0     4      ib_umad mlx5_ib              nvlsm + fabricmanager
+                                                                          FABRIC_MODE=1
+
+Anything else is mode ``unknown`` (NVRC panics there). The fallback, documented here and in
+``Topology.status()``: with at least one GPU the guest runs as ``gpu`` (drivers and the GPU
+daemons, no fabricmanager: NVLink stays as the driver finds it), with none as ``cpu``. The
+mode stays ``unknown`` in ``X_GUESTINIT_MODE`` and the counts go into ``STATUS=`` so the host
+sees what it handed over. ``guestinit.mode=`` forces a mode whatever the counts say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guestinit.init.params import MODES
+from guestinit.init.pci import PciDevice, list_devices
+from guestinit.init.root import Root
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    name: str
+    nvswitches: int
+    gpus: int  # -1: any number above zero
+    sw_mng: int
+    modules: tuple[str, ...]
+    fabric_mode: int | None  # fabricmanager's FABRIC_MODE, None: fabricmanager does not run
+    nvlsm: bool
+    help: str
+
+
+# fmt: off
+MODE_TABLE: tuple[ModeSpec, ...] = (
+    ModeSpec("cpu", 0, 0, 0, (), None, False, "no NVIDIA devices: nothing GPU-related runs"),
+    ModeSpec("gpu", 0, -1, 0, ("nvidia", "nvidia_uvm"), None, False, "GPUs without an NVLink fabric"),
+    ModeSpec(
+        "gpu-nvl4", 4, 8, 0, ("nvidia", "nvidia_uvm"), 0, False,
+        "HGX H100/H200 board passed whole: fabricmanager in full mode",
+    ),
+    ModeSpec(
+        "gpu-nvl5", 0, 8, 4, ("nvidia", "nvidia_uvm", "ib_umad", "mlx5_ib"), 0, True,
+        "HGX B200 board passed whole: nvlsm, then fabricmanager in full mode",
+    ),
+    ModeSpec(
+        "servicevm-nvl4", 4, 0, 0, ("nvidia",), 1, False,
+        "service VM owning the NVSwitches: fabricmanager in shared NVSwitch mode",
+    ),
+    ModeSpec(
+        "servicevm-nvl5", 0, 0, 4, ("ib_umad", "mlx5_ib"), 1, True,
+        "service VM owning the SW_MNG bridges: nvlsm, then fabricmanager in shared mode",
+    ),
+)
+# fmt: on
+SPECS = {spec.name: spec for spec in MODE_TABLE}
+assert set(SPECS) == set(MODES) - {"auto"}, "topology.MODE_TABLE and params.MODES must name the same modes"
+
+
+def classify(nvswitches: int, gpus: int, sw_mng: int) -> str | None:
+    """The mode for these counts, or None when NVRC's table has no row for them."""
+    for spec in MODE_TABLE:
+        gpus_match = gpus > 0 if spec.gpus == -1 else gpus == spec.gpus
+        if gpus_match and (nvswitches, sw_mng) == (spec.nvswitches, spec.sw_mng):
+            return spec.name
+    return None
+
+
+@dataclass
+class Topology:
+    mode: str  # a MODES name other than auto, or "unknown"
+    gpus: list[PciDevice]
+    nvswitches: list[PciDevice]
+    sw_mng: list[PciDevice]
+    reason: str
+    forced: bool = False
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """(NVSwitch, GPU, SW_MNG), NVRC's order."""
+        return len(self.nvswitches), len(self.gpus), len(self.sw_mng)
+
+    @property
+    def counts_text(self) -> str:
+        n, g, s = self.counts
+        return f"{n} NVSwitch, {g} GPU, {s} SW_MNG"
+
+    @property
+    def fallback(self) -> str:
+        """The mode whose actions run: the mode itself, or for unknown gpu/cpu by GPU count."""
+        if self.mode != UNKNOWN:
+            return self.mode
+        return "gpu" if self.gpus else "cpu"
+
+    @property
+    def spec(self) -> ModeSpec:
+        return SPECS[self.fallback]
+
+    def status(self) -> str:
+        """One line for STATUS= and the console."""
+        if self.mode == UNKNOWN:
+            return f"mode unknown ({self.reason}); running as {self.fallback}"
+        how = "forced" if self.forced else "detected"
+        return f"mode {self.mode} ({how}: {self.counts_text})"
+
+    def notify_fields(self) -> dict[str, str]:
+        n, g, s = self.counts
+        return {"X_GUESTINIT_MODE": self.mode, "X_GUESTINIT_TOPOLOGY": f"nvswitch={n},gpu={g},sw_mng={s}"}
+
+    def as_dict(self) -> dict[str, object]:
+        n, g, s = self.counts
+        return {
+            "mode": self.mode,
+            "forced": self.forced,
+            "runs_as": self.fallback,
+            "counts": {"nvswitch": n, "gpu": g, "sw_mng": s},
+            "reason": self.reason,
+            "gpus": [d.address for d in self.gpus],
+            "nvswitches": [d.address for d in self.nvswitches],
+            "sw_mng": [d.address for d in self.sw_mng],
+            "modules": list(self.spec.modules),
+            "fabric_mode": self.spec.fabric_mode,
+            "nvlsm": self.spec.nvlsm,
+        }
+
+
+def detect(root: Root, forced: str = "auto", devices: list[PciDevice] | None = None) -> Topology:
+    """Count GPUs, NVSwitches and SW_MNG bridges and pick the mode; never raises."""
+    if devices is None:
+        devices = list_devices(root)
+    gpus = [d for d in devices if d.is_gpu]
+    nvswitches = [d for d in devices if d.is_nvswitch]
+    sw_mng = [d for d in devices if d.sw_mng]
+    unreadable = [d.address for d in devices if d.vpd_error]
+    topo = Topology(UNKNOWN, gpus, nvswitches, sw_mng, "")
+    detected = classify(*topo.counts)
+    note = f"; VPD unreadable on {', '.join(unreadable)}" if unreadable else ""
+    if forced != "auto" and forced in SPECS:
+        topo.mode = forced
+        topo.forced = True
+        topo.reason = f"guestinit.mode={forced}; sysfs shows {topo.counts_text} ({detected or UNKNOWN}){note}"
+        return topo
+    bad_force = f"guestinit.mode={forced} is not a mode, ignored; " if forced != "auto" else ""
+    if detected is None:
+        topo.reason = f"{bad_force}unexpected topology: {topo.counts_text}{note}"
+        return topo
+    topo.mode = detected
+    topo.reason = f"{bad_force}{topo.counts_text}{note}"
+    return topo
