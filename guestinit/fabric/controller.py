@@ -141,7 +141,8 @@ class Servicer:
     def ListPartitions(self, request: Any, context: Any) -> Any:
         table = self._answer(context, self.manager.table)
         return self.pb.ListPartitionsResponse(
-            partitions=[partition_pb(self.pb, p) for p in table.partitions], max_partitions=table.max_partitions
+            partitions=[partition_pb(self.pb, p) for p in table.partitions],
+            max_partitions=table.max_partitions,
         )
 
     def GetPartition(self, request: Any, context: Any) -> Any:
@@ -160,13 +161,16 @@ class Servicer:
     def GetNvlinkFailedDevices(self, request: Any, context: Any) -> Any:
         found = self._answer(context, self.manager.failed_devices)
         return self.pb.NvlinkFailedDevices(
-            gpus=[failed_pb(self.pb, d) for d in found.gpus], switches=[failed_pb(self.pb, d) for d in found.switches]
+            gpus=[failed_pb(self.pb, d) for d in found.gpus],
+            switches=[failed_pb(self.pb, d) for d in found.switches],
         )
 
     def GetUnsupportedPartitions(self, request: Any, context: Any) -> Any:
         found = self._answer(context, self.manager.unsupported)
         return self.pb.UnsupportedPartitions(
-            partitions=[self.pb.UnsupportedPartition(id=u.id, gpu_physical_ids=list(u.physical_ids)) for u in found]
+            partitions=[
+                self.pb.UnsupportedPartition(id=u.id, gpu_physical_ids=list(u.physical_ids)) for u in found
+            ]
         )
 
     def GetStatus(self, request: Any, context: Any) -> Any:
@@ -201,7 +205,10 @@ class Servicer:
                 except queue.Empty:
                     continue
                 if event is None:
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "this Watch stream fell behind; watch again")
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, "this Watch stream fell behind; watch again"
+                    )
+                    return
                 yield event_pb(self.pb, event)
         finally:
             events.unsubscribe(q)
@@ -229,14 +236,28 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ADDRESS",
     ),
     Option("--libnvfm", "fabricmanager's SDK library", nvfm.DEFAULT_LIBRARY, metavar="PATH"),
-    Option("--fm-address", "fabricmanager's SDK address: HOST[:PORT], unix:PATH or vsock:CID:PORT", "127.0.0.1:6666"),
-    Option("--state", "where the activated set is persisted", "/var/lib/fm-controller/state.json", metavar="PATH"),
-    Option("--allow-cid", "admit vsock peers with this CID only (repeat; default: any)", repeat=True, type=int, metavar="CID"),
+    Option(
+        "--fm-address",
+        "fabricmanager's SDK address: HOST[:PORT], unix:PATH or vsock:CID:PORT",
+        "127.0.0.1:6666",
+    ),
+    Option(
+        "--state", "where the activated set is persisted", "/var/lib/fm-controller/state.json", metavar="PATH"
+    ),
+    Option(
+        "--allow-cid",
+        "admit vsock peers with this CID only (repeat; default: any)",
+        repeat=True,
+        type=int,
+        metavar="CID",
+    ),
     Option("--tls-cert", "server certificate (PEM) for tcp: with mutual TLS", metavar="FILE"),
     Option("--tls-key", "server private key (PEM)", metavar="FILE"),
     Option("--tls-ca", "CA (PEM) that client certificates must chain to", metavar="FILE"),
     Option("--ready-file", "write this file once serving (for service readiness)", metavar="PATH"),
-    Option("--poll-interval", "seconds between fabricmanager checks while in step", 1.0, type=float, metavar="S"),
+    Option(
+        "--poll-interval", "seconds between fabricmanager checks while in step", 1.0, type=float, metavar="S"
+    ),
     Option("--connect-timeout-ms", "fmConnect timeout", 2000, type=int, metavar="MS"),
 )
 
@@ -314,7 +335,9 @@ class Controller:
             return
         from grpc_health.v1 import health_pb2
 
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", api.SERVICE):
             self.health.set(name, status)
         log(f"health: {'SERVING' if serving else 'NOT_SERVING'}")
@@ -349,7 +372,11 @@ class Controller:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (api.messages().DESCRIPTOR.services_by_name["FabricController"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                api.messages().DESCRIPTOR.services_by_name["FabricController"].full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         for name in ("", api.SERVICE):

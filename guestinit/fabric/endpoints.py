@@ -60,7 +60,9 @@ class Endpoint:
 
 def _number(text: str, what: str, address: str, forms: str, limit: int = 0xFFFFFFFF) -> int:
     if not text.isdigit() or not 0 <= int(text) <= limit:
-        raise EndpointError(f"address {address!r}: {what} {text!r} is not a number in 0..{limit}; use {forms}")
+        raise EndpointError(
+            f"address {address!r}: {what} {text!r} is not a number in 0..{limit}; use {forms}"
+        )
     return int(text)
 
 

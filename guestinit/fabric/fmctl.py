@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -175,7 +175,10 @@ def failed_dict(f: Any) -> dict[str, Any]:
 def failed_text(found: Any) -> str:
     if not found.gpus and not found.switches:
         return "no GPU or NVSwitch has failed NVLinks\n"
-    rows = [["DEVICE", "UUID", "PCI BUS ID", "FAILED PORTS"], ["------", "----", "----------", "------------"]]
+    rows = [
+        ["DEVICE", "UUID", "PCI BUS ID", "FAILED PORTS"],
+        ["------", "----", "----------", "------------"],
+    ]
     for kind, devices in (("GPU", found.gpus), ("NVSwitch", found.switches)):
         for d in devices:
             rows.append([kind, d.uuid or "-", d.pci_bus_id or "-", ids_text(d.ports)])
@@ -220,7 +223,9 @@ def channel(address: endpoints.Endpoint, args: argparse.Namespace) -> Iterator[A
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(path)
             listener.listen(4)
-            link = bridge.Bridge(listener, bridge.vsock_connector(address.cid, address.port, args.timeout)).start()
+            link = bridge.Bridge(
+                listener, bridge.vsock_connector(address.cid, address.port, args.timeout)
+            ).start()
             try:
                 with grpc.insecure_channel(f"unix:{path}") as ch:
                     yield ch
@@ -275,10 +280,15 @@ def run(args: argparse.Namespace, stub: Any, pb: Any, out: TextIO) -> int:
         emit({"active_ids": ids}, f"fabricmanager now has partitions [{ids_text(ids)}] active\n")
     elif cmd == "failed-devices":
         r = stub.GetNvlinkFailedDevices(pb.Empty(), timeout=t)
-        emit({"gpus": [failed_dict(d) for d in r.gpus], "switches": [failed_dict(d) for d in r.switches]}, failed_text(r))
+        emit(
+            {"gpus": [failed_dict(d) for d in r.gpus], "switches": [failed_dict(d) for d in r.switches]},
+            failed_text(r),
+        )
     elif cmd == "unsupported":
         r = stub.GetUnsupportedPartitions(pb.Empty(), timeout=t)
-        data = {"partitions": [{"id": p.id, "gpu_physical_ids": list(p.gpu_physical_ids)} for p in r.partitions]}
+        data = {
+            "partitions": [{"id": p.id, "gpu_physical_ids": list(p.gpu_physical_ids)} for p in r.partitions]
+        }
         emit(data, unsupported_text(r))
     elif cmd == "status":
         s = stub.GetStatus(pb.Empty(), timeout=t)
@@ -290,7 +300,9 @@ def run(args: argparse.Namespace, stub: Any, pb: Any, out: TextIO) -> int:
             if args.json:
                 out.write(json.dumps(d) + "\n")
             else:
-                out.write(f"{d['seq']:>5} {d['kind']:<15} active [{ids_text(d['active_ids'])}] {d['message']}\n")
+                out.write(
+                    f"{d['seq']:>5} {d['kind']:<15} active [{ids_text(d['active_ids'])}] {d['message']}\n"
+                )
             out.flush()
     return 0
 
@@ -302,7 +314,9 @@ def _partition_id(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fmctl", description="Partition the NVLink fabric through fm-controller.")
+    p = argparse.ArgumentParser(
+        prog="fmctl", description="Partition the NVLink fabric through fm-controller."
+    )
     p.add_argument(
         "--address",
         default=os.environ.get("FMCTL_ADDRESS", f"unix:{endpoints.DEFAULT_SOCKET}"),
@@ -316,7 +330,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("list", help="every partition")
     sub.add_parser("status", help="the controller and its link to fabricmanager")
-    for name, help_text in (("info", "one partition"), ("activate", "activate a partition"), ("deactivate", "deactivate")):
+    for name, help_text in (
+        ("info", "one partition"),
+        ("activate", "activate a partition"),
+        ("deactivate", "deactivate"),
+    ):
         sp = sub.add_parser(name, help=help_text)
         sp.add_argument("id", type=_partition_id, metavar="ID")
     sp = sub.add_parser("set-activated", help="tell a restarted fabricmanager which partitions are active")
@@ -333,7 +351,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     out = out or sys.stdout
     err = err or sys.stderr
     args = parser().parse_args(argv)
-    say: Callable[[str], None] = lambda text: print(f"fmctl: {text}", file=err)
+
+    def say(text: str) -> None:
+        print(f"fmctl: {text}", file=err)
+
     try:
         address = endpoints.parse_client(args.address)
         pb = api.messages()
@@ -347,8 +368,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         say(str(exc))
         return EXIT_CODES["INTERNAL"]
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
-        details = exc.details()  # type: ignore[attr-defined]
+        code = exc.code()
+        details = exc.details()
         if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
             say(f"cannot reach fm-controller at {args.address}: {details}")
         else:

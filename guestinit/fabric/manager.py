@@ -74,7 +74,9 @@ class Events:
         self._seq = 0
         self.depth = depth
 
-    def publish(self, kind: str, active_ids: Iterable[int], serving: bool, partition_id: int = 0, message: str = "") -> Event:
+    def publish(
+        self, kind: str, active_ids: Iterable[int], serving: bool, partition_id: int = 0, message: str = ""
+    ) -> Event:
         with self._lock:
             self._seq += 1
             event = Event(kind, self._seq, time.time(), tuple(active_ids), serving, partition_id, message)
@@ -239,7 +241,9 @@ class Manager:
             self._library = library
         self._conn = self._library.connect(self.address, self.connect_timeout_ms)
         self._synced = False
-        self._log(f"connected to fabricmanager at {self.address} (fmConnectParams v{self._conn.connect_version})")
+        self._log(
+            f"connected to fabricmanager at {self.address} (fmConnectParams v{self._conn.connect_version})"
+        )
         self.events.publish(FM_CONNECTED, self._active, self._serving, message=f"connected to {self.address}")
         return self._conn
 
@@ -279,9 +283,13 @@ class Manager:
             try:
                 conn.set_activated(self._active)
             except nvfm.NotSupported:
-                raise nvfm.NotConfigured("fmGetSupportedFabricPartitions", "fabricmanager is initializing") from None
+                raise nvfm.NotConfigured(
+                    "fmGetSupportedFabricPartitions", "fabricmanager is initializing"
+                ) from None
             except nvfm.BadParam as exc:
-                self._note_error(f"fabricmanager refused the persisted partitions [{_ids(self._active)}]: {exc}")
+                self._note_error(
+                    f"fabricmanager refused the persisted partitions [{_ids(self._active)}]: {exc}"
+                )
                 raise
             self.restores += 1
             message = f"re-sent activated partitions [{_ids(self._active)}] after fabricmanager restarted"
@@ -327,7 +335,8 @@ class Manager:
             gpus = _ids(unsupported[partition_id].physical_ids)
             return Refused(
                 "FAILED_PRECONDITION",
-                f"partition {partition_id} (GPUs {gpus}) is unsupported on this system now; see `fmctl unsupported`",
+                f"partition {partition_id} (GPUs {gpus}) is unsupported on this system now; "
+                "see `fmctl unsupported`",
             )
         known = _ids(p.id for p in table.partitions)
         return Refused("NOT_FOUND", f"partition {partition_id} does not exist; partitions here: {known}")
@@ -358,7 +367,9 @@ class Manager:
                     table = conn.partitions()
                     now = table.get(partition_id)
                     if now is not None and now.active:
-                        return Change(now, False, f"partition {partition_id} is already active", table.active_ids)
+                        return Change(
+                            now, False, f"partition {partition_id} is already active", table.active_ids
+                        )
                     blocker = overlapping(table, wanted)
                     if blocker is None:
                         raise Refused("FAILED_PRECONDITION", f"partition {partition_id}: {exc}") from None
@@ -371,7 +382,9 @@ class Manager:
                 )
             active = tuple(sorted({*table.active_ids, partition_id}))
             self._remember(active)
-            self.events.publish(ACTIVATED, active, self._serving, partition_id, f"partition {partition_id} activated")
+            self.events.publish(
+                ACTIVATED, active, self._serving, partition_id, f"partition {partition_id} activated"
+            )
             done = dataclasses.replace(wanted, active=True)
             return Change(done, True, f"partition {partition_id} activated", active)
 
@@ -410,13 +423,15 @@ class Manager:
             except nvfm.NotSupported:
                 raise Refused(
                     "FAILED_PRECONDITION",
-                    "fabricmanager is not waiting for the activated set: it takes it only after restarting in "
-                    "restart mode, and the controller re-sends it by itself (FM_ST_NOT_SUPPORTED)",
+                    "fabricmanager is not waiting for the activated set: it takes it only after restarting "
+                    "in restart mode, and the controller re-sends it by itself (FM_ST_NOT_SUPPORTED)",
                 ) from None
             self._remember(ids)
             self._synced = True
             self._set_serving(True)
-            self.events.publish(SET_ACTIVATED, self._active, True, message=f"activated set [{_ids(ids)}] sent")
+            self.events.publish(
+                SET_ACTIVATED, self._active, True, message=f"activated set [{_ids(ids)}] sent"
+            )
             return self._active
 
         return self._with_fm(op, sync=False)
@@ -439,10 +454,8 @@ class Manager:
 
     def status(self) -> Status:
         with self._lock:
-            if self._library is not None:
-                library = self._library.path
-            else:
-                library = f"{self.library_path} (not loaded)"
+            loaded = self._library
+            library = loaded.path if loaded is not None else f"{self.library_path} (not loaded)"
             conn = self._conn
             return Status(
                 serving=self._serving,

@@ -211,7 +211,11 @@ class NotSupported(FMError):
 
 
 class Uninitialized(FMError):
-    code, name, meaning = -4, "FM_ST_UNINITIALIZED", "object is uninitialized (or the partition is not active)"
+    code, name, meaning = (
+        -4,
+        "FM_ST_UNINITIALIZED",
+        "object is uninitialized (or the partition is not active)",
+    )
 
 
 class Timeout(FMError):
@@ -287,11 +291,19 @@ class NotReady(FMError):
 
 
 class ResourceUsedInThisPartition(FMError):
-    code, name, meaning = -23, "FM_ST_RESOURCE_USED_IN_THIS_PARTITION", "resource already used in this partition"
+    code, name, meaning = (
+        -23,
+        "FM_ST_RESOURCE_USED_IN_THIS_PARTITION",
+        "resource already used in this partition",
+    )
 
 
 class ResourceUsedInAnotherPartition(FMError):
-    code, name, meaning = -24, "FM_ST_RESOURCE_USED_IN_ANOTHER_PARTITION", "resource used in another partition"
+    code, name, meaning = (
+        -24,
+        "FM_ST_RESOURCE_USED_IN_ANOTHER_PARTITION",
+        "resource used in another partition",
+    )
 
 
 class PartitionMiswiredTrunks(FMError):
@@ -369,7 +381,8 @@ class AddressError(ValueError):
 
 @dataclass(frozen=True)
 class FMAddress:
-    """Where fabricmanager's SDK listens: ``HOST[:PORT]``, ``unix:PATH`` (or ``/PATH``), ``vsock:CID:PORT``."""
+    """Where fabricmanager's SDK listens: ``HOST[:PORT]``, ``unix:PATH`` (or ``/PATH``) or
+    ``vsock:CID:PORT``."""
 
     kind: int  # ADDR_TYPE_*
     info: str  # addressInfo as the SDK wants it
@@ -558,7 +571,9 @@ class Library:
         check(self._call("fmLibShutdown"), "fmLibShutdown")
         self.initialized = False
 
-    def connect(self, address: FMAddress, timeout_ms: int = 5000, versions: Iterable[int] = (2, 1)) -> Connection:
+    def connect(
+        self, address: FMAddress, timeout_ms: int = 5000, versions: Iterable[int] = (2, 1)
+    ) -> Connection:
         """fmConnect with v2 params, falling back to v1 on VERSION_MISMATCH (older libraries)."""
         last: FMError | None = None
         for version in versions:

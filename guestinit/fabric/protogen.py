@@ -50,7 +50,7 @@ def fix_imports(text: str) -> str:
 def generate(proto_dir: Path = PROTO_DIR, out_dir: Path | None = None) -> list[Path]:
     """Run protoc for every .proto; files appear atomically (written beside, then renamed)."""
     try:
-        from grpc_tools import protoc
+        from grpc_tools import protoc  # type: ignore[import-untyped]
     except ImportError:
         raise ProtogenError(
             "grpc_tools is not installed: install grpcio-tools (pip install -e '.[test]', "
@@ -88,7 +88,9 @@ def ensure(proto_dir: Path = PROTO_DIR) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m guestinit.fabric.protogen", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m guestinit.fabric.protogen", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--out", type=Path, help="write the modules here (default: beside the .proto files)")
     parser.add_argument("--if-stale", action="store_true", help="do nothing when the modules are up to date")
     args = parser.parse_args(argv)

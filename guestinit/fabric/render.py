@@ -37,26 +37,50 @@ class Key:
 # fabricmanager.cfg for FABRIC_MODE=1 in a service VM (references §4). guestinit supervises the
 # daemon, so it stays in the foreground; restarts use --restart (see service-vm's start script).
 FABRICMANAGER_KEYS: tuple[Key, ...] = (
-    Key("FABRIC_MODE", "1", "0 = bare metal / full passthrough, 1 = Shared NVSwitch, 2 = vGPU", ("0", "1", "2")),
+    Key(
+        "FABRIC_MODE",
+        "1",
+        "0 = bare metal / full passthrough, 1 = Shared NVSwitch, 2 = vGPU",
+        ("0", "1", "2"),
+    ),
     Key(
         "FABRIC_MODE_RESTART",
         "0",
         "1 = start as a restart keeping partitions (same as --restart); the start script passes --restart",
         ("0", "1"),
     ),
-    Key("STATE_FILE_NAME", "/run/fabricmanager/fabricmanager.state", "where fabricmanager keeps state for restarts"),
-    Key("FM_CMD_BIND_INTERFACE", "127.0.0.1", "address the SDK (libnvfm) connects to; fm-controller runs beside it"),
+    Key(
+        "STATE_FILE_NAME",
+        "/run/fabricmanager/fabricmanager.state",
+        "where fabricmanager keeps state for restarts",
+    ),
+    Key(
+        "FM_CMD_BIND_INTERFACE",
+        "127.0.0.1",
+        "address the SDK (libnvfm) connects to; fm-controller runs beside it",
+    ),
     Key("FM_CMD_PORT_NUMBER", "6666", "TCP port of the SDK interface", number=True),
     Key("FM_CMD_UNIX_SOCKET_PATH", "", "a unix socket for the SDK instead of TCP (empty = TCP)"),
-    Key("FM_STAY_RESIDENT_ON_FAILURES", "1", "keep running after a fabric failure so the controller can report it", ("0", "1")),
+    Key(
+        "FM_STAY_RESIDENT_ON_FAILURES",
+        "1",
+        "keep running after a fabric failure so the controller can report it",
+        ("0", "1"),
+    ),
     Key("LOG_LEVEL", "4", "0 = critical ... 4 = info, 5 = debug", ("0", "1", "2", "3", "4", "5")),
     Key("LOG_FILE_NAME", "/var/log/fabricmanager.log", "log file (empty: none)"),
     Key("LOG_APPEND_TO_LOG", "1", "append to the log file instead of truncating it", ("0", "1")),
     Key("LOG_FILE_MAX_SIZE", "1024", "log file size limit in MB", number=True),
     Key("LOG_USE_SYSLOG", "1", "also log to syslog (guestinit's /dev/log)", ("0", "1")),
     Key("DAEMONIZE", "0", "0 = stay in the foreground (guestinit supervises it)", ("0", "1")),
-    Key("TOPOLOGY_FILE_PATH", "/usr/share/nvidia/nvswitch", "where NVIDIA's topology files are (from its package)"),
-    Key("DATABASE_PATH", "/usr/share/nvidia/nvswitch", "where NVIDIA's fabric database is (from its package)"),
+    Key(
+        "TOPOLOGY_FILE_PATH",
+        "/usr/share/nvidia/nvswitch",
+        "where NVIDIA's topology files are (from its package)",
+    ),
+    Key(
+        "DATABASE_PATH", "/usr/share/nvidia/nvswitch", "where NVIDIA's fabric database is (from its package)"
+    ),
     Key("ABORT_CUDA_JOBS_ON_FM_EXIT", "1", "abort CUDA jobs when fabricmanager exits", ("0", "1")),
 )
 
@@ -123,7 +147,9 @@ class PciAddress:
     def parse(cls, text: str) -> PciAddress:
         m = _PCI.match(text.strip())
         if not m:
-            raise RenderError(f"PCI address {text!r}: expected DDDD:BB:SS.F, e.g. 0000:03:00.0 (see lspci -D)")
+            raise RenderError(
+                f"PCI address {text!r}: expected DDDD:BB:SS.F, e.g. 0000:03:00.0 (see lspci -D)"
+            )
         domain, bus, slot, function = m.groups()
         return cls(int(domain or "0", 16), int(bus, 16), int(slot, 16), int(function))
 
@@ -161,7 +187,9 @@ def libvirt_domain(spec: DomainSpec, template_dir: Path = TEMPLATE_DIR) -> str:
         if str(address) in seen:
             raise RenderError(f"libvirt domain: PCI address {address} given twice")
         seen.add(str(address))
-    return _render("servicevm-domain.xml.j2", template_dir, spec=spec, devices=[*spec.nvswitches, *spec.extra_functions])
+    return _render(
+        "servicevm-domain.xml.j2", template_dir, spec=spec, devices=[*spec.nvswitches, *spec.extra_functions]
+    )
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -181,8 +209,12 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m guestinit.fabric.render", description="Render service-VM configuration.")
-    parser.add_argument("--templates", type=Path, default=TEMPLATE_DIR, help="template folder (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m guestinit.fabric.render", description="Render service-VM configuration."
+    )
+    parser.add_argument(
+        "--templates", type=Path, default=TEMPLATE_DIR, help="template folder (default: %(default)s)"
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     p_cfg = sub.add_parser("fabricmanager-cfg", help="fabricmanager.cfg for FABRIC_MODE=1")
     p_cfg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key")
@@ -191,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_dom.add_argument("--kernel", required=True)
     p_dom.add_argument("--initrd", required=True)
     p_dom.add_argument("--nvswitch", action="append", default=[], metavar="PCI", help="an NVSwitch (repeat)")
-    p_dom.add_argument("--function", action="append", default=[], metavar="PCI", help="another function to pass")
+    p_dom.add_argument(
+        "--function", action="append", default=[], metavar="PCI", help="another function to pass"
+    )
     p_dom.add_argument("--name", default=DomainSpec.name)
     p_dom.add_argument("--memory-mib", type=int, default=DomainSpec.memory_mib)
     p_dom.add_argument("--vcpus", type=int, default=DomainSpec.vcpus)

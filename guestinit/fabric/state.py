@@ -52,7 +52,7 @@ class StateFile:
         data = {
             "format": FORMAT,
             "active": sorted(set(ids)),
-            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "updated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")

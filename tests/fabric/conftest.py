@@ -38,7 +38,9 @@ def fm(fakes: tuple[Path, Path], tmp_path: Path) -> Iterator[FakeFabricManager]:
 
 
 @pytest.fixture
-def controller(fakes: tuple[Path, Path], fm: FakeFabricManager, tmp_path: Path) -> Iterator[ControllerProcess]:
+def controller(
+    fakes: tuple[Path, Path], fm: FakeFabricManager, tmp_path: Path
+) -> Iterator[ControllerProcess]:
     ctl = ControllerProcess(fakes[0], tmp_path / "ctl", fm.address)
     ctl.start()
     yield ctl

@@ -27,7 +27,8 @@ def build_fakes(out: Path) -> tuple[Path, Path]:
     lib = out / "libnvfm.so.1"
     daemon = out / "fake-nv-fabricmanager"
     subprocess.run(
-        ["gcc", *CFLAGS, "-shared", "-fPIC", "-fvisibility=hidden", "-o", lib, FAKE_SRC / "libnvfm.c"], check=True
+        ["gcc", *CFLAGS, "-shared", "-fPIC", "-fvisibility=hidden", "-o", lib, FAKE_SRC / "libnvfm.c"],
+        check=True,
     )
     subprocess.run(["gcc", *CFLAGS, "-o", daemon, FAKE_SRC / "fabricmanager.c"], check=True)
     return lib, daemon
@@ -186,3 +187,98 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> b
             pass
         time.sleep(interval)
     return bool(predicate())
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def concurrent_workload(address: str, clients: int = 50, rounds: int = 10, seed: int = 1) -> dict[str, Any]:
+    """``clients`` threads, each with its own connection, each doing ``rounds`` of ListPartitions
+    plus an activate or deactivate of a random partition (all partitions overlap somewhere).
+    Returns latencies (seconds) per call and the outcome counts."""
+    import random
+    import threading
+
+    import grpc
+
+    lat: dict[str, list[float]] = {"ListPartitions": [], "ActivatePartition": [], "DeactivatePartition": []}
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(clients)
+    errors: list[str] = []
+
+    def client(n: int) -> None:
+        rng = random.Random(seed * 1000 + n)
+        try:
+            with stub(address) as (s, pb):
+                s.ListPartitions(pb.ListPartitionsRequest(), timeout=30)  # connect before the clock starts
+                start.wait()
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    s.ListPartitions(pb.ListPartitionsRequest(), timeout=30)
+                    t1 = time.perf_counter()
+                    pid = rng.randrange(15)
+                    name = "ActivatePartition" if rng.random() < 0.6 else "DeactivatePartition"
+                    call = s.ActivatePartition if name == "ActivatePartition" else s.DeactivatePartition
+                    try:
+                        r = call(pb.PartitionRequest(id=pid), timeout=30)
+                        outcome = f"{name}:{'changed' if r.changed else 'unchanged'}"
+                    except grpc.RpcError as exc:
+                        outcome = f"{name}:{exc.code().name}"
+                        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                            errors.append(f"{name} {pid}: {exc.code().name} {exc.details()}")
+                    t2 = time.perf_counter()
+                    with lock:
+                        lat["ListPartitions"].append(t1 - t0)
+                        lat[name].append(t2 - t1)
+                        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        except Exception as exc:  # reported, and fails the caller's checks
+            errors.append(f"client {n}: {exc!r}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    summary = {
+        name: {
+            "calls": len(v),
+            "p50_ms": round(percentile(v, 50) * 1000, 2),
+            "p99_ms": round(percentile(v, 99) * 1000, 2),
+            "max_ms": round(max(v) * 1000, 2) if v else None,
+        }
+        for name, v in lat.items()
+    }
+    return {
+        "clients": clients,
+        "rounds": rounds,
+        "wall_s": round(wall, 2),
+        "latency": summary,
+        "outcomes": outcomes,
+        "errors": errors,
+    }
+
+
+def replay_fake_log(log: str, groups: dict[int, tuple[int, ...]]) -> tuple[list[int], int]:
+    """Replay the fake fabricmanager's activation log; returns the final active set and the largest
+    number of overlapping active pairs seen at any moment (0 means never)."""
+    active: set[int] = set()
+    worst = 0
+    for line in log.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "partition" and words[2] in ("activated", "deactivated"):
+            pid = int(words[1])
+            if words[2] == "activated":
+                active.add(pid)
+            else:
+                active.discard(pid)
+            pairs = sum(1 for a in active for b in active if a < b and set(groups[a]) & set(groups[b]))
+            worst = max(worst, pairs)
+    return sorted(active), worst

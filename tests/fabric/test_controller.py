@@ -69,7 +69,9 @@ def test_reflection_lists_the_services(controller: ControllerProcess) -> None:
 
     with grpc.insecure_channel(controller.address) as ch:
         request = reflection_pb2.ServerReflectionRequest(list_services="")
-        response = next(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter([request]), timeout=5))
+        response = next(
+            reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter([request]), timeout=5)
+        )
     names = {s.name for s in response.list_services_response.service}
     assert {"guestinit.fabric.v1.FabricController", "grpc.health.v1.Health"} <= names
 
@@ -90,7 +92,9 @@ def test_watch_streams_a_snapshot_then_changes(controller: ControllerProcess) ->
     assert events[1].partition_id == 7 and events[1].seq < events[2].seq
 
 
-def test_without_fabricmanager_health_is_not_serving_then_recovers(fakes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_without_fabricmanager_health_is_not_serving_then_recovers(
+    fakes: tuple[Path, Path], tmp_path: Path
+) -> None:
     fake = FakeFabricManager(fakes[1], tmp_path / "fm")
     ctl = ControllerProcess(fakes[0], tmp_path / "ctl", fake.address).start()
     try:
@@ -147,7 +151,9 @@ def test_fabricmanager_restart_without_restart_mode_is_adopted(
     assert "differ from the persisted set" in controller.log()
 
 
-def test_controller_restart_loses_nothing(fakes: tuple[Path, Path], fm: FakeFabricManager, tmp_path: Path) -> None:
+def test_controller_restart_loses_nothing(
+    fakes: tuple[Path, Path], fm: FakeFabricManager, tmp_path: Path
+) -> None:
     ctl = ControllerProcess(fakes[0], tmp_path / "ctl", fm.address).start()
     with stub(ctl.address) as (s, pb):
         s.ActivatePartition(pb.PartitionRequest(id=1), timeout=5)
@@ -202,7 +208,9 @@ def test_listen_addresses() -> None:
             endpoints.parse_listen(bad)
 
 
-def test_bridge_forwards_grpc_and_enforces_the_cid_allow_list(controller: ControllerProcess, tmp_path: Path) -> None:
+def test_bridge_forwards_grpc_and_enforces_the_cid_allow_list(
+    controller: ControllerProcess, tmp_path: Path
+) -> None:
     allow = bridge.cid_allowed([3, 7])
     assert allow((3, 1234)) and allow((7, 1)) and not allow((4, 1)) and not allow("")
     assert bridge.cid_allowed([])((99, 1))

@@ -55,12 +55,15 @@ def test_commands_and_exit_codes(controller: ControllerProcess, fm: FakeFabricMa
     code, out, err = run(a, "activate", "3")
     assert code == fmctl.EXIT_CODES["FAILED_PRECONDITION"] == 5
     assert err == (
-        "fmctl: partition 3 overlaps active partition 1 (GPUs 1,3); deactivate partition 1 first (FM_ST_IN_USE)\n"
+        "fmctl: partition 3 overlaps active partition 1 (GPUs 1,3); "
+        "deactivate partition 1 first (FM_ST_IN_USE)\n"
     )
     code, _, err = run(a, "info", "77")
     assert code == 4 and "partition 77 does not exist" in err
     code, out, _ = run(a, "info", "1")
-    assert code == 0 and out.startswith("PARTITION ID  1\nSTATUS        Active\nGPUs          4\nNVLINKS       72\n")
+    assert code == 0 and out.startswith(
+        "PARTITION ID  1\nSTATUS        Active\nGPUs          4\nNVLINKS       72\n"
+    )
     assert "GPU PHYSICAL ID  NVLINKS  MAX NVLINKS" in out
     code, out, _ = run(a, "status")
     assert code == 0 and "health             SERVING" in out and "active partitions  1\n" in out
@@ -113,7 +116,9 @@ def test_status_exit_code_when_fabricmanager_is_absent(fakes: tuple[Path, Path],
 
 def test_the_installed_command(controller: ControllerProcess) -> None:
     argv = [sys.executable, "-c", "import sys; from guestinit.fabric.fmctl import main; sys.exit(main())"]
-    r = subprocess.run([*argv, "--address", controller.address, "list"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [*argv, "--address", controller.address, "list"], capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0 and r.stdout.splitlines()[0] == SEED_LIST.splitlines()[0]
     r = subprocess.run([*argv, "activate", "x"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "is not a partition id" in r.stderr

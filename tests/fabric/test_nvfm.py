@@ -12,9 +12,25 @@ from fabric_harness import FakeFabricManager, wait_for
 from guestinit.fabric import nvfm
 
 # references §4: the default partitions of an 8-GPU H100/H200 baseboard and of a B200.
-H100 = {0: (1, 2, 3, 4, 5, 6, 7, 8), 1: (1, 2, 3, 4), 2: (5, 6, 7, 8), 3: (1, 3), 4: (2, 4), 5: (5, 7), 6: (6, 8)}
+H100 = {
+    0: (1, 2, 3, 4, 5, 6, 7, 8),
+    1: (1, 2, 3, 4),
+    2: (5, 6, 7, 8),
+    3: (1, 3),
+    4: (2, 4),
+    5: (5, 7),
+    6: (6, 8),
+}
 H100.update({6 + g: (g,) for g in range(1, 9)})
-B200 = {1: (1, 2, 3, 4, 5, 6, 7, 8), 2: (1, 2, 3, 4), 3: (5, 6, 7, 8), 4: (1, 2), 5: (3, 4), 6: (5, 6), 7: (7, 8)}
+B200 = {
+    1: (1, 2, 3, 4, 5, 6, 7, 8),
+    2: (1, 2, 3, 4),
+    3: (5, 6, 7, 8),
+    4: (1, 2),
+    5: (3, 4),
+    6: (5, 6),
+    7: (7, 8),
+}
 B200.update({7 + g: (g,) for g in range(1, 9)})
 
 
@@ -96,7 +112,9 @@ def _ready(conn: nvfm.Connection) -> bool:
     return True
 
 
-def test_not_configured_for_a_moment_after_start(library: nvfm.Library, fakes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_not_configured_for_a_moment_after_start(
+    library: nvfm.Library, fakes: tuple[Path, Path], tmp_path: Path
+) -> None:
     fake = FakeFabricManager(fakes[1], tmp_path / "fm", FAKE_FM_INIT_MS="400").start()
     try:
         conn = library.connect(nvfm.FMAddress.parse(fake.address))
@@ -135,7 +153,9 @@ def test_h100_default_table_and_documented_answers(library: nvfm.Library, fm: Fa
     conn.disconnect()
 
 
-def test_b200_table_is_numbered_from_one(library: nvfm.Library, fakes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_b200_table_is_numbered_from_one(
+    library: nvfm.Library, fakes: tuple[Path, Path], tmp_path: Path
+) -> None:
     fake = FakeFabricManager(fakes[1], tmp_path / "fm", FAKE_FM_PLATFORM="b200").start()
     try:
         conn = _connect(library, fake)
@@ -148,7 +168,9 @@ def test_b200_table_is_numbered_from_one(library: nvfm.Library, fakes: tuple[Pat
 def test_missing_gpu_makes_partitions_unsupported_and_failed_links_are_listed(
     library: nvfm.Library, fakes: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    fake = FakeFabricManager(fakes[1], tmp_path / "fm", FAKE_FM_MISSING_GPUS="8", FAKE_FM_FAILED="g3:0,1;s2:5").start()
+    fake = FakeFabricManager(
+        fakes[1], tmp_path / "fm", FAKE_FM_MISSING_GPUS="8", FAKE_FM_FAILED="g3:0,1;s2:5"
+    ).start()
     try:
         conn = _connect(library, fake)
         listed = {p.id for p in conn.partitions().partitions}
@@ -220,6 +242,9 @@ def test_connect_falls_back_to_v1_params(
     monkeypatch.setenv("FAKE_NVFM_CONNECT_VERSIONS", "1,2")
     with pytest.raises(nvfm.ConnectionNotValid):
         library.connect(nvfm.FMAddress.parse("vsock:3:6666"), timeout_ms=1234)
-    assert trace.read_text().splitlines()[-1] == "connect version=0x02000110 type=3 address=3:6666 timeout_ms=1234"
+    assert (
+        trace.read_text().splitlines()[-1]
+        == "connect version=0x02000110 type=3 address=3:6666 timeout_ms=1234"
+    )
     with pytest.raises(nvfm.ConnectionNotValid):
         library.connect(nvfm.FMAddress.parse("127.0.0.1:1"))  # nothing listens there
