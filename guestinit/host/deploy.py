@@ -39,7 +39,6 @@ import datetime as dt
 import difflib
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -1048,14 +1047,9 @@ def planned_settings(sysfs_root: str | None, gpus: str | None, memory: str | Non
     sys/), --gpus BDF,...|all, --memory SIZE (bare numbers are MiB)."""
     if sysfs_root is None and gpus is None and memory is None:
         return None
+    from guestinit.host import plan as planner  # imported on use: a plain deploy does not need it
+
     root = sysfs_root or DEFAULT_SYSFS_ROOT
-    try:
-        planner: Any = importlib.import_module("guestinit.host.plan")
-    except ImportError:
-        raise DeployError(
-            "--sysfs-root/--gpus/--memory need the planner (guestinit.host.plan), missing from this "
-            "install: deploy without them to use upstream's defaults"
-        ) from None
     chosen = None if gpus in (None, "all") else [g for g in (gpus or "").split(",") if g.strip()]
     try:
         memory_bytes = planner.parse_size(memory or DEFAULT_PLAN_MEMORY)

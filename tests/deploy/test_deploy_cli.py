@@ -15,7 +15,7 @@ from deploy_harness import FLAVOUR, PUBLIC, make_build, make_upstream, observe, 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guestinit.host import deploy
+from guestinit.host import deploy, plan
 
 REFERENCE_KEYS = {  # references §2: the keys of configuration-qemu-nvidia-gpu.toml upstream sets
     "hypervisor.qemu": "kernel image initrd rootfs_type machine_type firmware kernel_params default_vcpus "
@@ -372,7 +372,6 @@ def test_a_second_deploy_waits_for_none_and_says_so(
 def test_planner_sizes_the_config_for_the_h200_capture(
     tmp_path: Path, builds: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan = pytest.importorskip("guestinit.host.plan", reason="the planner (issue 7) has not landed")
     prefix = tmp_path / "opt-kata"
     code, _, err = run(
         capsys,
@@ -390,6 +389,7 @@ def test_planner_sizes_the_config_for_the_h200_capture(
     text = (prefix / PUBLIC["config"]).read_text()
     qemu = tomllib.loads(text)["hypervisor"]["qemu"]
     want = plan.plan(os.fspath(H200_ROOT), None, 64 << 30).kata_settings()
+    assert set(want) == deploy.PLAN_KEYS  # the planner and deploy's table name the same keys
     assert {k: qemu[k] for k in want} == want
     assert qemu["default_memory"] == 65536 and qemu["pcie_root_port"] == 1
     assert "pcie_root_port = 1" in text and "(from guestctl plan)" in text
