@@ -31,12 +31,12 @@ CTL_MINOR = 255
 MODESET_MINOR = 254
 
 
-def _bool01(text: str) -> str:
+def _bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "on", "yes", "true", "y"):
-        return "1"
+        return True
     if low in ("0", "off", "no", "false", "n"):
-        return "0"
+        return False
     raise ParamError(f"{text!r} is not a boolean (use on/off, 1/0)")
 
 
@@ -109,18 +109,18 @@ NV_PARAMS: tuple[NvParam, ...] = (
             "Mode of /dev/nvidia* (the driver's and make_nodes')."),
     NvParam("device_file_uid", "nvidia", "NVreg_DeviceFileUID", "uid", _id, None, "Owner of /dev/nvidia*."),
     NvParam("device_file_gid", "nvidia", "NVreg_DeviceFileGID", "gid", _id, None, "Group of /dev/nvidia*."),
-    NvParam("resizable_bar", "nvidia", "NVreg_EnableResizableBar", "bool", _bool01, None,
+    NvParam("resizable_bar", "nvidia", "NVreg_EnableResizableBar", "bool", _bool, None,
             "Let the driver resize BAR1 itself (NVreg_EnableResizableBar)."),
-    NvParam("gsp", "nvidia", "NVreg_EnableGpuFirmware", "bool", _bool01, None,
+    NvParam("gsp", "nvidia", "NVreg_EnableGpuFirmware", "bool", _bool, None,
             "Run the GPU System Processor firmware (NVreg_EnableGpuFirmware)."),
-    NvParam("unsupported_gpus", "nvidia", "NVreg_OpenRmEnableUnsupportedGpus", "bool", _bool01, None,
+    NvParam("unsupported_gpus", "nvidia", "NVreg_OpenRmEnableUnsupportedGpus", "bool", _bool, None,
             "Let the open modules drive GPUs they do not list as supported."),
     NvParam("registry_dwords", "nvidia", "NVreg_RegistryDwords", "word", _word, None,
             "Driver registry keys, passed as they are (NVreg_RegistryDwords)."),
-    NvParam("uvm_disable_hmm", "nvidia_uvm", "uvm_disable_hmm", "bool", _bool01, None,
+    NvParam("uvm_disable_hmm", "nvidia_uvm", "uvm_disable_hmm", "bool", _bool, None,
             "Turn off heterogeneous memory management in nvidia-uvm."),
-    NvParam("modeset", "", "", "bool", _bool01, "0", "Also load nvidia-modeset."),
-    NvParam("drm", "nvidia_drm", "modeset", "bool", _bool01, "0",
+    NvParam("modeset", "", "", "bool", _bool, False, "Also load nvidia-modeset."),
+    NvParam("drm", "nvidia_drm", "modeset", "bool", _bool, False,
             "Also load nvidia-modeset and nvidia-drm (with modeset=1)."),
     NvParam("extra", "", "", "MODULE.PARAM=VALUE,...", _extra, (),
             "Any other module parameters, appended after the ones above."),
@@ -165,10 +165,12 @@ def module_params(module: str, gpu_count: int, values: Mapping[str, object]) -> 
                 words.append(f"{p.param}=1")
             continue
         if p.key == "drm":
-            if v == "1":
+            if v is True:
                 words.append(f"{p.param}=1")
             continue
-        if v is not None:
+        if isinstance(v, bool):
+            words.append(f"{p.param}={int(v)}")
+        elif v is not None:
             words.append(f"{p.param}={v}")
     extra = value(values, "extra")
     assert isinstance(extra, tuple)
@@ -183,9 +185,9 @@ def module_plan(
     parameters. Dependencies are ordered by modules.ModuleTree.order at load time."""
     names = list(spec_modules)
     if "nvidia" in names:
-        if value(values, "modeset") == "1" or value(values, "drm") == "1":
+        if value(values, "modeset") is True or value(values, "drm") is True:
             names.append("nvidia_modeset")
-        if value(values, "drm") == "1":
+        if value(values, "drm") is True:
             names.append("nvidia_drm")
     return [ModuleLoad(n, " ".join(module_params(n, gpu_count, values))) for n in names]
 

@@ -200,3 +200,15 @@ def test_guest_modules_import_no_third_party_libraries(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_typed_values_as_a_config_file_gives_them() -> None:
+    # guestinit.toml values arrive typed (true/false, numbers), not as command-line text
+    values = {"nvidia.drm": True, "nvidia.gsp": False, "nvidia.node_timeout": 2.5}
+    plan = nvidia.module_plan(("nvidia", "nvidia_uvm"), 2, values)
+    assert [str(m) for m in plan] == [
+        "nvidia NVreg_DeviceFileMode=0660 NVreg_EnableGpuFirmware=0",
+        "nvidia_uvm",
+        "nvidia_modeset",
+        "nvidia_drm modeset=1",
+    ]
