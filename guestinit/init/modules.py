@@ -160,7 +160,7 @@ def load_one(tree: ModuleTree, name: str, params: str = "") -> LoadResult:
         return LoadResult(name, "loaded", 0.0)
     rel = tree.paths.get(name)
     if rel is None:
-        return _modprobe(tree, name, start, "not in modules.dep")
+        return _modprobe(tree, name, start, "not in modules.dep", params)
     path = tree.root(f"{tree.base}/{rel}")
     full_params = " ".join(p for p in (tree.options.get(name, ""), params) if p)
     compressed = not rel.endswith(".ko")
@@ -179,20 +179,16 @@ def load_one(tree: ModuleTree, name: str, params: str = "") -> LoadResult:
                 _init_module(_decompress(path), full_params)
                 return LoadResult(name, "init", boottime() - start)
             except (OSError, ValueError, subprocess.CalledProcessError) as exc2:
-                return _modprobe(tree, name, start, str(exc2))
-        return _modprobe(tree, name, start, str(exc))
+                return _modprobe(tree, name, start, str(exc2), params)
+        return _modprobe(tree, name, start, str(exc), params)
 
 
-def _modprobe(tree: ModuleTree, name: str, start: float, why: str) -> LoadResult:
+def _modprobe(tree: ModuleTree, name: str, start: float, why: str, params: str = "") -> LoadResult:
+    """The fallback: fork modprobe (it reads modprobe.d itself; our parameters go on its line)."""
+    argv = ["modprobe"] if tree.root.is_real else ["modprobe", "-d", tree.root.path, "-S", tree.kver]
+    argv += [name, *params.split()]
     try:
-        subprocess.run(
-            ["modprobe", "-d", tree.root.path, "-S", tree.kver, name]
-            if not tree.root.is_real
-            else ["modprobe", name],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        subprocess.run(argv, check=True, capture_output=True, timeout=30)
         return LoadResult(name, "modprobe", boottime() - start, why)
     except (OSError, subprocess.SubprocessError) as exc:
         return LoadResult(name, "failed", boottime() - start, f"{why}; modprobe: {exc}")

@@ -66,3 +66,12 @@ def test_failed_dependency_fails_dependents(tree: modules.ModuleTree, fp) -> Non
     results = modules.load(tree, ["vmw_vsock_virtio_transport"])
     assert [r.how for r in results] == ["failed", "failed", "failed"]
     assert "dependency vsock failed" in results[1].error
+
+
+def test_modprobe_fallback_keeps_parameters(tree: modules.ModuleTree, fp) -> None:  # type: ignore[no-untyped-def]
+    fp.register(["modprobe", "-d", tree.root.path, "-S", KVER, "nvidia", "NVreg_NvLinkDisable=1"])
+    result = modules.load_one(tree, "nvidia", "NVreg_NvLinkDisable=1")
+    assert result.how == "modprobe"
+    assert (
+        fp.call_count(["modprobe", "-d", tree.root.path, "-S", KVER, "nvidia", "NVreg_NvLinkDisable=1"]) == 1
+    )
