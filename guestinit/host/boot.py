@@ -62,6 +62,7 @@ class BootResult:
     shutdown_s: float | None = None
     error: str = ""
     argv: list[str] = field(default_factory=list)
+    started_wall: float = 0.0  # time.time() when QEMU was started: host_s 0 of the timeline
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -78,6 +79,7 @@ class BootResult:
             "phases": self.phases,
             "notify": self.notify,
             "messages": self.messages,
+            "vm_start": _iso(self.started_wall) if self.started_wall else None,
             "timeline": timeline(self),
             "console_log": self.console_log,
             "qemu_exit": self.qemu_exit,
@@ -88,6 +90,12 @@ class BootResult:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def _iso(wall: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(wall, datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def _float(text: str | None) -> float | None:
@@ -212,9 +220,11 @@ def boot(opts: BootOptions) -> BootResult:
     )
     result.argv = qemu.qemu_argv(cfg)
     address = f"serial:{notify_sock}" if result.transport == "serial" else f"vsock:{vsock_port}"
-    listener = Listener([address]).start()
+    # The console log is read too: a guest whose only channel is the console still reports.
+    listener = Listener([address, f"console:{console}"]).start()
     qemu_log = open(run_dir / "qemu.log", "wb")  # noqa: SIM115 - closed in finally
     t0 = time.monotonic()
+    result.started_wall = time.time()
     proc = subprocess.Popen(result.argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT)
     try:
         _wait(proc, listener, result, t0, opts.timeout_s)
@@ -243,6 +253,8 @@ def boot(opts: BootOptions) -> BootResult:
 
 
 def _absorb(msg: Message, result: BootResult, t0: float) -> None:
+    """Fold one message into the result: every message is kept with its host receive time;
+    the first READY=1 fixes the guest clock on the host axis and carries the phases."""
     result.messages.append(_message_dict(msg, t0))
     result.notify.update(msg.fields)
     if "STATUS" in msg.fields:
@@ -255,7 +267,7 @@ def _absorb(msg: Message, result: BootResult, t0: float) -> None:
         if phases:
             import json
 
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 loaded = json.loads(phases)
                 if isinstance(loaded, list):
                     result.phases = [p for p in loaded if isinstance(p, dict)]
@@ -314,60 +326,82 @@ def _graceful_shutdown(
     result.error = f"guest did not power off within {timeout_s:.0f} s of system_powerdown"
 
 
+# Keys of a message that name what it is, in the order the timeline shows them.
+_EVENT_KEYS = ("READY", "EXIT_STATUS", "X_SYSTEMD_SHUTDOWN", "STATUS")
+
+
+def _row(
+    event: str, host_s: float | None, guest_s: float | None = None, **extra: object
+) -> dict[str, object]:
+    return {
+        "event": event,
+        "host_s": None if host_s is None else round(host_s, 4),
+        "guest_s": None if guest_s is None else round(guest_s, 4),
+        "duration_s": extra.get("duration_s"),
+        "detail": extra.get("detail"),
+    }
+
+
 def timeline(result: BootResult) -> list[dict[str, object]]:
-    """One timeline on the host axis (seconds since QEMU started): kernel start (estimated
-    from READY), init exec, each guest phase, and each message's host receive time."""
-    rows: list[dict[str, object]] = []
+    """One timeline on the host axis (``host_s``: seconds since QEMU started), sorted by it:
+    VM start, the guest's CLOCK_BOOTTIME stamps (kernel start, init exec, interpreter start,
+    each phase, READY sent) placed on that axis, and each message's host receive time.
+
+    The guest's clock zero is placed from the first READY: host receive time minus the guest's
+    ``X_GUESTINIT_READY_S``; guest stamps are therefore late by the READY transport latency
+    (about a millisecond, see docs/notify.md), and the rows derived that way say "est.".
+    Without guest stamps (a systemd guest) only host rows appear."""
+    rows: list[dict[str, object]] = [
+        _row("vm start", 0.0, detail=_iso(result.started_wall) if result.started_wall else None)
+    ]
     offset = None
     if result.ready_host_s is not None and result.uptime_at_ready_s is not None:
         offset = result.ready_host_s - result.uptime_at_ready_s  # host time of guest boottime 0
-    rows.append({"event": "qemu start", "host_s": 0.0, "guest_s": None, "duration_s": None})
-    if offset is not None:
-        rows.append(
-            {"event": "kernel start (est.)", "host_s": round(offset, 4), "guest_s": 0.0, "duration_s": None}
+
+    def guest(event: str, guest_s: float | None, **extra: object) -> None:
+        if offset is not None and guest_s is not None:
+            rows.append(_row(event, offset + guest_s, guest_s, **extra))
+
+    guest("kernel start (est.)", 0.0)
+    guest("init exec", _float(result.notify.get("X_GUESTINIT_EXEC_S")))
+    guest("guestinit start", _float(result.notify.get("X_GUESTINIT_START_S")), detail="interpreter up")
+    for phase in result.phases:
+        start = _float(str(phase.get("start_s")))
+        end = _float(str(phase.get("end_s")))
+        if start is None or end is None:
+            continue
+        error = phase.get("error")
+        guest(
+            f"phase {phase.get('name')}",
+            start,
+            duration_s=round(end - start, 4),
+            detail=f"error: {error}" if error else None,
         )
-        exec_s = _float(result.notify.get("X_GUESTINIT_EXEC_S"))
-        if exec_s is not None:
-            rows.append(
-                {
-                    "event": "init exec",
-                    "host_s": round(offset + exec_s, 4),
-                    "guest_s": exec_s,
-                    "duration_s": None,
-                }
-            )
-        for phase in result.phases:
-            start = _float(str(phase.get("start_s")))
-            end = _float(str(phase.get("end_s")))
-            if start is None or end is None:
-                continue
-            rows.append(
-                {
-                    "event": f"phase {phase.get('name')}",
-                    "host_s": round(offset + start, 4),
-                    "guest_s": start,
-                    "duration_s": round(end - start, 4),
-                }
-            )
+    guest("READY sent", result.uptime_at_ready_s)
     for msg in result.messages:
         fields = msg["fields"]
         assert isinstance(fields, dict)
-        keys = ",".join(k for k in fields if k in ("READY", "EXIT_STATUS", "X_SYSTEMD_SHUTDOWN", "STATUS"))
-        rows.append(
-            {"event": f"received {keys}", "host_s": msg["received_s"], "guest_s": None, "duration_s": None}
-        )
+        keys = ",".join(k for k in _EVENT_KEYS if k in fields) or ",".join(list(fields)[:3])
+        host_s = _float(str(msg["received_s"]))
+        rows.append(_row(f"received {keys}", host_s, detail=str(msg.get("source") or "") or None))
+    rows.sort(key=lambda row: float(str(row["host_s"])) if row["host_s"] is not None else 0.0)
     return rows
 
 
 def format_timeline(result: BootResult) -> str:
-    lines = [f"{'event':<34} {'host s':>9} {'guest s':>9} {'duration':>10}"]
+    """The timeline as the human table ``guestctl boot`` prints."""
+    lines = [f"{'event':<30} {'host s':>9} {'guest s':>9} {'duration':>10}  detail"]
     for row in timeline(result):
-        guest = "" if row["guest_s"] is None else f"{row['guest_s']:.3f}"
+        host = "" if row["host_s"] is None else f"{float(str(row['host_s'])):.3f}"
+        guest = "" if row["guest_s"] is None else f"{float(str(row['guest_s'])):.3f}"
         duration = "" if row["duration_s"] is None else f"{float(str(row['duration_s'])) * 1000:.1f} ms"
-        lines.append(
-            f"{str(row['event'])[:34]:<34} {float(str(row['host_s'])):>9.3f} {guest:>9} {duration:>10}"
-        )
+        detail = "" if row["detail"] is None else _printable(str(row["detail"]))[:60]
+        lines.append(f"{str(row['event'])[:30]:<30} {host:>9} {guest:>9} {duration:>10}  {detail}".rstrip())
     return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def summary(result: BootResult) -> str:

@@ -1,23 +1,35 @@
 """Sending notify messages from the guest to the host over the configured transport.
 
-Sending never holds up boot: one quick attempt inline, and when the listener is not there
-yet, a background thread retries with exponential back-off. Messages are sent in order.
+Sending never holds up boot: one quick attempt inline (a short connect timeout, a non-blocking
+write on virtio-serial), and when the listener is not there yet, a background thread retries
+with exponential back-off (50 ms doubling to ``max_backoff_s``) for as long as the guest runs.
+Messages go out in order; a message half-written to a byte stream is finished, never repeated.
+``flush`` (before power-off) retries at once until its deadline.
+
+Transports (guestinit.notify.address): AF_VSOCK stream / seqpacket / datagram, AF_UNIX datagram
+(stream accepted), a virtio-serial port by name (messages end with an empty line) and the
+console (one marked JSON line, the last resort).
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import os
+import select
 import socket
 import threading
 import time
 
 from guestinit.notify.address import VSOCK_KINDS, Target
-from guestinit.notify.message import encode
+from guestinit.notify.message import CONSOLE_MARK, MAX_MESSAGE_BYTES, encode, encode_console_line, fit
 
-CONSOLE_MARK = "GUESTINIT-NOTIFY "
+__all__ = ["CONSOLE_MARK", "SERIAL_PORT_NAME", "SendError", "Sender", "find_virtio_port"]
+
 SERIAL_PORT_NAME = "guestinit.notify"
-CONNECT_TIMEOUT_S = 2.0
+INLINE_TIMEOUT_S = 0.5  # the attempt made on the boot path
+RETRY_TIMEOUT_S = 2.0  # attempts made by the background thread and by flush
+FIRST_BACKOFF_S = 0.05
+MAX_PENDING = 64  # messages waiting for a listener; the oldest unsent one goes first
 
 
 class SendError(OSError):
@@ -41,9 +53,9 @@ def find_virtio_port(sys_root: str, dev_root: str, name: str) -> str | None:
     return None
 
 
-def _send_vsock(target: Target, data: bytes) -> None:
+def _send_vsock(target: Target, data: bytes, timeout_s: float) -> None:
     kinds: tuple[int, ...]
-    if target.kind == "vsock":
+    if target.kind == "vsock":  # systemd: stream, falling back to seqpacket
         kinds = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
     elif target.kind == "vsock-seqpacket":
         kinds = (socket.SOCK_SEQPACKET,)
@@ -55,55 +67,48 @@ def _send_vsock(target: Target, data: bytes) -> None:
     for kind in kinds:
         try:
             with socket.socket(socket.AF_VSOCK, kind) as s:
-                s.settimeout(CONNECT_TIMEOUT_S)
+                s.settimeout(timeout_s)
                 if kind == socket.SOCK_DGRAM:
                     s.sendto(data, (target.cid, target.port))
                     return
                 s.connect((target.cid, target.port))
                 s.sendall(data)
-                s.shutdown(socket.SHUT_WR)
+                if kind == socket.SOCK_STREAM:
+                    s.shutdown(socket.SHUT_WR)
                 return
         except OSError as exc:
             last = exc
     raise SendError(f"{target}: {last}")
 
 
-def _send_unix(target: Target, data: bytes) -> None:
+def _send_unix(target: Target, data: bytes, timeout_s: float) -> None:
     path = target.path
     address = "\0" + path[1:] if path.startswith("@") else path
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout_s)
             s.sendto(data, address)
             return
     except OSError as exc:
-        if exc.errno not in (91, 111):  # EPROTOTYPE, ECONNREFUSED: maybe a stream socket
+        if exc.errno not in (errno.EPROTOTYPE, errno.ECONNREFUSED):  # maybe a stream socket
             raise SendError(f"{target}: {exc}") from None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(CONNECT_TIMEOUT_S)
-        s.connect(address)
-        s.sendall(data)
-
-
-def _send_serial(target: Target, data: bytes, sys_root: str, dev_root: str) -> None:
-    device = find_virtio_port(sys_root, dev_root, target.path)
-    if device is None:
-        raise SendError(f"{target}: no virtio-serial port named {target.path!r}")
-    fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        # A message on a byte stream ends with an empty line.
-        payload = data + b"\n"
-        while payload:
-            written = os.write(fd, payload)
-            payload = payload[written:]
-    finally:
-        os.close(fd)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout_s)
+            s.connect(address)
+            s.sendall(data)
+    except OSError as exc:
+        raise SendError(f"{target}: {exc}") from None
 
 
-def _send_console(data: bytes, console: str) -> None:
-    fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-    line = CONSOLE_MARK + json.dumps(fields, separators=(",", ":")) + "\n"
-    with open(console, "w") as f:
-        f.write(line)
+class _Item:
+    """One message as the transport carries it, and how much of it a byte stream has taken."""
+
+    __slots__ = ("data", "written")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.written = 0
 
 
 class Sender:
@@ -116,87 +121,176 @@ class Sender:
         dev_root: str = "/dev",
         console: str = "/dev/console",
         max_backoff_s: float = 5.0,
-        give_up_s: float = 600.0,
     ) -> None:
         self.target = target
         self.sys_root = sys_root
         self.dev_root = dev_root
         self.console = console
         self.max_backoff_s = max_backoff_s
-        self.give_up_s = give_up_s
-        self._pending: list[bytes] = []
+        self._pending: list[_Item] = []
+        self._busy = False  # someone is using the transport (inline send, retry thread, flush)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self.sent = 0
+        self.dropped = 0
+        self.attempts = 0
         self.last_error = ""
 
-    def send_now(self, data: bytes) -> None:
+    # encoding ------------------------------------------------------------------------------
+    def payload(self, fields: dict[str, str]) -> bytes:
+        """What goes on the wire for ``fields`` on this sender's transport. Values are cleaned
+        and cut to the size limit, so reporting never fails on what a message says."""
+        if self.target.kind == "console":
+            limit = MAX_MESSAGE_BYTES
+            while True:  # JSON escaping may grow a message: shrink until the line fits
+                try:
+                    return encode_console_line(fit(fields, limit))
+                except ValueError:
+                    if limit < 1024:
+                        raise
+                    limit //= 2
+        data = encode(fit(fields))
+        # On a byte stream a message ends with an empty line.
+        return data + b"\n" if self.target.kind == "serial" else data
+
+    # transports ----------------------------------------------------------------------------
+    def _write_serial(self, item: _Item, timeout_s: float) -> None:
+        device = find_virtio_port(self.sys_root, self.dev_root, self.target.path)
+        if device is None:
+            raise SendError(f"{self.target}: no virtio-serial port named {self.target.path!r}")
+        # Non-blocking: a port whose host side is not connected would block a write forever.
+        fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while item.written < len(item.data):
+                try:
+                    item.written += os.write(fd, item.data[item.written :])
+                    continue
+                except BlockingIOError:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SendError(f"{self.target}: port not writable (host side not connected?)")
+                select.select([], [fd], [], min(left, 0.5))
+        finally:
+            os.close(fd)
+
+    def _write_console(self, item: _Item) -> None:
+        fd = os.open(self.console, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_APPEND)
+        try:
+            while item.written < len(item.data):
+                item.written += os.write(fd, item.data[item.written :])
+        finally:
+            os.close(fd)
+
+    def _attempt(self, item: _Item, timeout_s: float) -> None:
         kind = self.target.kind
-        if kind == "off":
-            return
+        self.attempts += 1
         if kind in VSOCK_KINDS:
-            _send_vsock(self.target, data)
+            _send_vsock(self.target, item.data, timeout_s)
         elif kind in ("unix", "unix-dgram"):
-            _send_unix(self.target, data)
+            _send_unix(self.target, item.data, timeout_s)
         elif kind == "serial":
-            _send_serial(self.target, data, self.sys_root, self.dev_root)
+            self._write_serial(item, timeout_s)
         elif kind == "console":
-            _send_console(data, self.console)
+            self._write_console(item)
         else:
             raise SendError(f"cannot send to {self.target}")
         self.sent += 1
 
+    # queueing ------------------------------------------------------------------------------
     def send(self, fields: dict[str, str]) -> bool:
         """Send (or queue) one message. True when it went out at once."""
-        data = encode(fields)
+        if self.target.kind == "off":
+            return True
+        item = _Item(self.payload(fields))
         with self._lock:
-            if not self._pending:
-                try:
-                    self.send_now(data)
-                    return True
-                except OSError as exc:
-                    self.last_error = str(exc)
-            self._pending.append(data)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._retry, name="notify-retry", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-        return False
+            if self._pending or self._busy:
+                self._enqueue(item)
+                return False
+            self._busy = True
+        ok = self._try(item, INLINE_TIMEOUT_S if self.target.kind != "serial" else 0.0)
+        with self._lock:
+            self._busy = False
+            if not ok:
+                self._pending.insert(0, item)
+                self._ensure_thread()
+            self._wake.notify_all()
+        return ok
+
+    def _try(self, item: _Item, timeout_s: float) -> bool:
+        try:
+            self._attempt(item, timeout_s)
+            return True
+        except OSError as exc:
+            self.last_error = str(exc)
+            return False
+
+    def _enqueue(self, item: _Item) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            # Drop the oldest message nothing of which is on the wire yet.
+            for index, old in enumerate(self._pending):
+                if old.written == 0:
+                    del self._pending[index]
+                    self.dropped += 1
+                    break
+        self._pending.append(item)
+        self._ensure_thread()
+        self._wake.notify_all()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._retry, name="notify-retry", daemon=True)
+            self._thread.start()
 
     def _retry(self) -> None:
-        delay = 0.05
-        deadline = time.monotonic() + self.give_up_s
-        while time.monotonic() < deadline:
+        delay = FIRST_BACKOFF_S
+        while True:
             with self._lock:
-                if not self._pending:
-                    self._wake.wait(timeout=1.0)
-                    continue
-                data = self._pending[0]
-                try:
-                    self.send_now(data)
-                    self._pending.pop(0)
-                    delay = 0.05
-                    continue
-                except OSError as exc:
-                    self.last_error = str(exc)
-                self._wake.wait(timeout=delay)
-            delay = min(delay * 2, self.max_backoff_s)
+                while not self._pending or self._busy:
+                    self._wake.wait()
+                item = self._pending[0]
+                self._busy = True
+            ok = self._try(item, RETRY_TIMEOUT_S)
+            with self._lock:
+                self._busy = False
+                if ok:
+                    self._pending.remove(item)
+                    delay = FIRST_BACKOFF_S
+                self._wake.notify_all()
+                if not ok:
+                    self._wake.wait(timeout=delay)  # a new send or a flush wakes us early
+                    delay = min(delay * 2, self.max_backoff_s)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
 
     def flush(self, timeout_s: float) -> bool:
-        """Wait until everything queued went out (used before power-off). True when empty."""
+        """Wait until everything queued went out (used before power-off), retrying at once.
+        True when nothing is left."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
             with self._lock:
+                while self._busy and self._pending:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._wake.wait(timeout=min(left, 0.05))
                 if not self._pending:
                     return True
-                data = self._pending[0]
-                try:
-                    self.send_now(data)
-                    self._pending.pop(0)
-                    continue
-                except OSError as exc:
-                    self.last_error = str(exc)
-            time.sleep(0.05)
-        with self._lock:
-            return not self._pending
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                item = self._pending[0]
+                self._busy = True
+            ok = self._try(item, min(left, RETRY_TIMEOUT_S))
+            with self._lock:
+                self._busy = False
+                if ok:
+                    self._pending.remove(item)
+                self._wake.notify_all()
+            if not ok:
+                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))

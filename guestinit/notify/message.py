@@ -7,11 +7,19 @@ lines are reported, never raised.
 
 from __future__ import annotations
 
+import json
+
 # Limits the host enforces on what one message may hold. systemd's own notify socket
 # accepts datagrams up to this size; a guest has no business sending more.
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_LINES = 256
 MAX_KEY_BYTES = 64
+# The console transport: one line, this mark, then the fields as one JSON object (ASCII only,
+# so a terminal or serial line cannot mangle it). A console line is bounded like a message.
+CONSOLE_MARK = "GUESTINIT-NOTIFY "
+MAX_CONSOLE_LINE_BYTES = MAX_MESSAGE_BYTES
+# Keys systemd's protocol uses for itself; a message of only these is not news for a reader.
+PROTOCOL_ONLY_KEYS = frozenset({"BARRIER"})
 
 
 def _valid_key(key: str) -> bool:
@@ -52,11 +60,11 @@ class Parsed:
         return f"Parsed(fields={self.fields!r}, dropped={self.dropped!r})"
 
 
-def parse(data: bytes) -> Parsed:
+def parse(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Parsed:
     """Parse one message. Never raises: bad lines land in ``dropped`` with the reason."""
     out = Parsed()
-    if len(data) > MAX_MESSAGE_BYTES:
-        out.dropped.append(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(data) > max_bytes:
+        out.dropped.append(f"message of {len(data)} bytes exceeds {max_bytes}")
         return out
     raw_lines = data.split(b"\n")
     if len(raw_lines) > MAX_LINES + 1:
@@ -81,4 +89,76 @@ def parse(data: bytes) -> Parsed:
             out.dropped.append(f"line {number}: NUL in value of {key}")
             continue
         out.fields[key] = value
+    return out
+
+
+def clean_value(value: str) -> str:
+    """A value that ``encode`` accepts: line breaks become spaces, NULs are removed. Used for text
+    the sender does not control (exception messages), so reporting never fails on content."""
+    return value.replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("\0", "")
+
+
+def fit(fields: dict[str, str], limit: int = MAX_MESSAGE_BYTES) -> dict[str, str]:
+    """``fields`` with values cleaned and, when the encoded message would exceed ``limit``, the
+    longest values cut (marked with "...") until it fits. Keys are never dropped."""
+    out = {key: clean_value(value) for key, value in fields.items()}
+    while True:
+        size = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in out.items())
+        if size <= limit:
+            return out
+        key = max(out, key=lambda k: len(out[k].encode()))
+        value = out[key]
+        if not value:
+            return out  # only keys left; encode() will say what is wrong
+        excess = size - limit
+        keep = max(0, len(value) - max(excess, len(value) // 2) - 3)
+        out[key] = value[:keep] + "..." if keep else ""
+
+
+def encode_console_line(fields: dict[str, str]) -> bytes:
+    """The console transport's one marked line (``CONSOLE_MARK`` + JSON object + newline)."""
+    for key, value in fields.items():
+        if not _valid_key(key):
+            raise ValueError(f"invalid notify key {key!r}: use A-Z, 0-9 and _")
+        if "\n" in value or "\0" in value:
+            raise ValueError(f"notify value for {key} contains a newline or NUL")
+    line = (CONSOLE_MARK + json.dumps(fields, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+    if len(line) > MAX_CONSOLE_LINE_BYTES:
+        raise ValueError(f"console line is {len(line)} bytes, over the {MAX_CONSOLE_LINE_BYTES} limit")
+    return line
+
+
+def parse_console_line(line: bytes) -> Parsed | None:
+    """The message in one console line, or None when the line carries no mark. Kernel output
+    may precede the mark on the same line; what follows it must be one JSON object of strings.
+    Never raises."""
+    mark = CONSOLE_MARK.encode()
+    at = line.find(mark)
+    if at < 0:
+        return None
+    out = Parsed()
+    body = line[at + len(mark) :].rstrip(b"\r\n")
+    if len(body) > MAX_CONSOLE_LINE_BYTES:
+        out.dropped.append(f"console line of {len(body)} bytes exceeds {MAX_CONSOLE_LINE_BYTES}")
+        return out
+    try:
+        loaded = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        out.dropped.append("console line: not a JSON object")
+        return out
+    if not isinstance(loaded, dict):
+        out.dropped.append("console line: not a JSON object")
+        return out
+    if len(loaded) > MAX_LINES:
+        out.dropped.append(f"console line has {len(loaded)} keys, over {MAX_LINES}")
+        return out
+    for number, (key, value) in enumerate(loaded.items(), 1):
+        if not isinstance(value, str):
+            out.dropped.append(f"console key {number}: value is not a string")
+        elif not _valid_key(key):
+            out.dropped.append(f"console key {number}: invalid key {key[:MAX_KEY_BYTES]!r}")
+        elif "\n" in value or "\0" in value:
+            out.dropped.append(f"console key {number}: newline or NUL in value of {key}")
+        else:
+            out.fields[key] = value
     return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from guestinit.init.report import Sender, find_virtio_port
@@ -62,3 +63,128 @@ def test_console_line_is_marked_json(tmp_path: Path) -> None:
     assert line.startswith("GUESTINIT-NOTIFY ")
     assert json.loads(line.split(" ", 1)[1]) == {"READY": "1", "STATUS": "a b"}
     assert os.path.getsize(console) == len(line)
+
+
+def test_order_kept_across_background_retries(tmp_path: Path) -> None:
+    path = tmp_path / "late.sock"
+    sender = Sender(Target("unix", path=str(path)), max_backoff_s=0.05)
+    assert sender.send({"STATUS": "1"}) is False
+    assert sender.send({"READY": "1"}) is False  # queued behind the first, not tried out of order
+    assert sender.send({"X_SYSTEMD_SHUTDOWN": "poweroff"}) is False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(5)
+        got = [server.recv(1024) for _ in range(3)]
+    assert got == [b"STATUS=1\n", b"READY=1\n", b"X_SYSTEMD_SHUTDOWN=poweroff\n"]
+    assert sender.flush(2.0) and sender.pending == 0
+
+
+def test_flush_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    sender = Sender(Target("unix", path=str(tmp_path / "nobody")), max_backoff_s=10)
+    sender.send({"READY": "1"})
+    assert sender.flush(0.3) is False
+    assert sender.pending == 1 and "No such file" in sender.last_error
+
+
+def test_pending_is_bounded(tmp_path: Path) -> None:
+    from guestinit.init.report import MAX_PENDING
+
+    sender = Sender(Target("unix", path=str(tmp_path / "nobody")), max_backoff_s=10)
+    for i in range(MAX_PENDING + 10):
+        sender.send({"STATUS": str(i)})
+    assert sender.pending == MAX_PENDING and sender.dropped == 10
+
+
+def _fifo_port(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A virtio port whose device is a FIFO: like a port whose host side is not connected,
+    writing to it would block (here: ENXIO without a reader, EAGAIN when the pipe is full)."""
+    sys_root = tmp_path / "sys"
+    dev_root = tmp_path / "dev"
+    (sys_root / "class/virtio-ports/vport1p1").mkdir(parents=True)
+    (sys_root / "class/virtio-ports/vport1p1/name").write_text("guestinit.notify\n")
+    dev_root.mkdir()
+    os.mkfifo(dev_root / "vport1p1")
+    return sys_root, dev_root, dev_root / "vport1p1"
+
+
+def test_serial_port_not_connected_does_not_block_boot(tmp_path: Path) -> None:
+    sys_root, dev_root, fifo = _fifo_port(tmp_path)
+    sender = Sender(
+        Target("serial", path="guestinit.notify"), str(sys_root), str(dev_root), max_backoff_s=0.05
+    )
+    assert sender.send({"READY": "1"}) is False  # no reader: queued, send() returned
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert sender.flush(3.0)
+        assert os.read(reader, 1024) == b"READY=1\n\n"
+    finally:
+        os.close(reader)
+
+
+def test_serial_half_written_message_is_finished_not_repeated(tmp_path: Path) -> None:
+    sys_root, dev_root, fifo = _fifo_port(tmp_path)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        sender = Sender(
+            Target("serial", path="guestinit.notify"), str(sys_root), str(dev_root), max_backoff_s=0.05
+        )
+        big = {"X_A": "a" * 40000}
+        assert sender.send(big) is True  # fits in the 64 KiB pipe
+        assert sender.send({"X_B": "b" * 40000}) is False  # only partly written: the rest waits
+        received = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(received) < 80008:
+            try:
+                received += os.read(reader, 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert received == b"X_A=" + b"a" * 40000 + b"\n\n" + b"X_B=" + b"b" * 40000 + b"\n\n"
+        assert sender.flush(1.0)
+    finally:
+        os.close(reader)
+
+
+def test_shutdown_and_failure_reports_reach_the_host_listener(tmp_path: Path) -> None:
+    """What PID 1 sends on power-off and on failure, through the real listener."""
+    from guestinit.host.listen import Listener
+
+    path = tmp_path / "n.sock"
+    with Listener([f"unix-dgram:{path}"]) as listener:
+        sender = Sender(Target("unix", path=str(path)))
+        assert sender.send({"READY": "1"})
+        assert sender.send({"EXIT_STATUS": "3", "STATUS": "failed: ValueError: bad\nsecond line"})
+        assert sender.send({"STATUS": "shutting down", "X_SYSTEMD_SHUTDOWN": "poweroff"})
+        got = [listener.get(timeout=2) for _ in range(3)]
+    assert [m.fields if m else None for m in got] == [
+        {"READY": "1"},
+        {"EXIT_STATUS": "3", "STATUS": "failed: ValueError: bad second line"},
+        {"STATUS": "shutting down", "X_SYSTEMD_SHUTDOWN": "poweroff"},
+    ]
+
+
+def test_unix_stream_target_and_abstract_address(tmp_path: Path) -> None:
+    from guestinit.host.listen import Listener
+
+    with Listener([f"unix:{tmp_path / 's.sock'}", f"unix-dgram:@gi-report-{os.getpid()}"]) as listener:
+        assert Sender(Target("unix", path=str(tmp_path / "s.sock"))).send({"READY": "1"})
+        assert Sender(Target("unix", path=f"@gi-report-{os.getpid()}")).send({"STATUS": "abstract"})
+        got = sorted(str(m.fields if m else None) for m in (listener.get(2), listener.get(2)))
+    assert got == ["{'READY': '1'}", "{'STATUS': 'abstract'}"]
+
+
+def test_console_payload_is_cut_to_fit_one_line(tmp_path: Path) -> None:
+    from guestinit.notify.message import MAX_CONSOLE_LINE_BYTES, parse_console_line
+
+    console = tmp_path / "console"
+    console.write_text("")
+    sender = Sender(Target("console"), console=str(console))
+    assert sender.send({"READY": "1", "X_BIG": "\u00e9" * 60000})  # 6 bytes each once escaped
+    line = console.read_bytes()
+    assert len(line) <= MAX_CONSOLE_LINE_BYTES
+    parsed = parse_console_line(line)
+    assert parsed is not None and parsed.fields["READY"] == "1" and parsed.fields["X_BIG"].endswith("...")
+
+
+def test_off_sends_nothing() -> None:
+    sender = Sender(Target("off"))
+    assert sender.send({"READY": "1"}) and sender.sent == 0

@@ -5,7 +5,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guestinit.notify.address import AddressError, Target, parse_target
-from guestinit.notify.message import MAX_MESSAGE_BYTES, encode, parse
+from guestinit.notify.message import (
+    MAX_LINES,
+    MAX_MESSAGE_BYTES,
+    encode,
+    encode_console_line,
+    fit,
+    parse,
+    parse_console_line,
+)
 
 
 def test_encode_is_systemd_format() -> None:
@@ -79,3 +87,82 @@ def test_parse_target_errors_name_input(text: str) -> None:
     with pytest.raises(AddressError) as info:
         parse_target(text)
     assert repr(text) in str(info.value)
+
+
+# console transport: one marked line --------------------------------------------------------
+
+
+def test_console_line_round_trip_survives_kernel_prefix_and_crlf() -> None:
+    fields = {"READY": "1", "STATUS": "ünïcode \x1b[31m and \t tabs", "X_GUESTINIT_PHASES": '[{"a":1}]'}
+    line = encode_console_line(fields)
+    assert line.startswith(b"GUESTINIT-NOTIFY {") and line.endswith(b"}\n") and line.isascii()
+    parsed = parse_console_line(b"[    4.5] random: crng init done " + line.replace(b"\n", b"\r\n"))
+    assert parsed is not None and parsed.fields == fields and parsed.dropped == []
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"GUESTINIT-NOTIFY [1,2]", "not a JSON object"),
+        (b"GUESTINIT-NOTIFY {", "not a JSON object"),
+        (b"GUESTINIT-NOTIFY " + b"[" * 60000, "not a JSON object"),  # deep nesting: RecursionError
+        (b"GUESTINIT-NOTIFY " + b"[" * 100000, "exceeds 65536"),
+        (b'GUESTINIT-NOTIFY {"READY":1}', "value is not a string"),
+        (b'GUESTINIT-NOTIFY {"ready":"1"}', "invalid key"),
+        (b'GUESTINIT-NOTIFY {"STATUS":"a\\nb"}', "newline or NUL"),
+        (b"GUESTINIT-NOTIFY \xff\xfe", "not a JSON object"),
+    ],
+)
+def test_console_line_garbage_is_reported(line: bytes, reason: str) -> None:
+    parsed = parse_console_line(line)
+    assert parsed is not None and parsed.fields == {}
+    assert reason in parsed.dropped[0]
+
+
+def test_unmarked_console_line_is_not_a_message() -> None:
+    assert parse_console_line(b"[    1.0] Linux version 6.12") is None
+
+
+@given(st.binary(max_size=2048))
+def test_console_parser_never_raises(data: bytes) -> None:
+    parse_console_line(b"GUESTINIT-NOTIFY " + data)
+
+
+# fit: reporting never fails on what a message says ----------------------------------------
+
+
+def test_fit_cleans_line_breaks_and_cuts_the_longest_value() -> None:
+    fields = {
+        "STATUS": "failed:\nTraceback\r\n  line\0",
+        "X_BIG": "x" * (2 * MAX_MESSAGE_BYTES),
+        "READY": "1",
+    }
+    fitted = fit(fields)
+    assert fitted["STATUS"] == "failed: Traceback   line"
+    assert fitted["X_BIG"].endswith("...") and fitted["READY"] == "1"
+    assert len(encode(fitted)) <= MAX_MESSAGE_BYTES
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"[A-Z][A-Z0-9_]{0,20}", fullmatch=True),
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=3000),
+        max_size=30,
+    ),
+    st.integers(min_value=600, max_value=4096),
+)
+def test_fit_always_encodes_within_limit(fields: dict[str, str], limit: int) -> None:
+    fitted = fit(fields, limit)
+    assert list(fitted) == list(fields)
+    data = encode(fitted)
+    assert len(data) <= limit + 1  # encode adds the final newline
+    assert parse(data).fields == fitted
+
+
+def test_parse_limit_is_a_parameter() -> None:
+    assert parse(b"A=" + b"x" * 100, max_bytes=50).dropped == ["message of 102 bytes exceeds 50"]
+
+
+def test_parse_refuses_too_many_lines() -> None:
+    parsed = parse(b"A=1\n" * (MAX_LINES + 5))
+    assert parsed.fields == {} and "lines" in parsed.dropped[0]
