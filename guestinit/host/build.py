@@ -36,6 +36,7 @@ class ImageSpec:
 
 GUEST_INPUTS = (
     "mkosi.conf",
+    "mkosi.profiles",
     "image",
     "guestinit/__init__.py",
     "guestinit/init",
@@ -197,7 +198,9 @@ def mkosi_command(
         "--output-directory",
         os.fspath(out),
         "--cache-directory",
-        os.fspath(cache / "mkosi" / "cache"),
+        # mkosi 25.3 keys its image cache by distribution~release~arch only: a profile with
+        # other packages needs its own directory, or each build discards the other's cache.
+        os.fspath(cache / "mkosi" / ("cache" if profile == "default" else f"cache-{profile}")),
         "--package-cache-dir",
         os.fspath(cache / "mkosi" / "packages"),
         "--manifest-format",
