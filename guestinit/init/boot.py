@@ -1,5 +1,9 @@
 """The boot sequence, phase by phase. Each phase is timed on CLOCK_BOOTTIME and its facts
-go into the one readiness message the host turns into a timeline."""
+go into the one readiness message the host turns into a timeline.
+
+After the early mounts everything runs on one event loop (loop.py), in one thread: signals,
+the reaper, /dev/log, the power button and the services. ``boot()`` is the sequence.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ import json
 import os
 
 from guestinit import __version__
-from guestinit.init import modules, mounts, params
-from guestinit.init.clock import Timeline, boottime, kernel_log_stamp
+from guestinit.init import modules, mounts, params, services, settings, tomlfiles
+from guestinit.init.clock import Phase, Timeline, boottime, kernel_log_stamp
 from guestinit.init.kmsg import LEVELS, Log
+from guestinit.init.loop import Loop
+from guestinit.init.reaper import Reaper
 from guestinit.init.report import SERIAL_PORT_NAME, Sender, find_virtio_port
 from guestinit.init.root import Root
 from guestinit.notify import credentials
@@ -35,6 +41,14 @@ class BootState:
         self.module_results: list[modules.LoadResult] = []
         self.problems: list[str] = []
         self.ready_s = 0.0
+        self.loop = Loop()
+        self.reaper = Reaper()
+        self.toml_cache: dict[str, dict[str, object]] = {}
+        self.logging: services.Logging | None = None
+        self.supervisor: services.Supervisor | None = None
+        self.shutdown_why = ""  # set by a shutdown signal or the power button
+        self.failure = ""  # set when a critical service fails after READY
+        self.ready_sent = False
 
 
 def choose_target(config: params.Config, root: Root) -> tuple[Target, str]:
@@ -64,7 +78,8 @@ def choose_target(config: params.Config, root: Root) -> tuple[Target, str]:
 def early(state: BootState) -> None:
     root, log = state.root, state.log
     with state.timeline.phase("mounts"):
-        mounts.mount_all(root)
+        if root.is_real:  # never mount the host's proc, sys, dev into a fixture or test tree
+            mounts.mount_all(root)
         try:
             root.write_text("/proc/sys/kernel/printk_devkmsg", "on\n")
         except OSError:
@@ -73,11 +88,13 @@ def early(state: BootState) -> None:
         if state.exec_s is None and root.is_real:
             state.exec_s = kernel_log_stamp("Run /init as init process", root("/dev/kmsg"))
     with state.timeline.phase("cmdline"):
-        state.config = params.parse_cmdline(root.read_text("/proc/cmdline", ""))
+        state.toml_cache = tomlfiles.read_cache(root) if root.exists(tomlfiles.CONFIG_DIR) else {}
+        image = settings.load(root, state.toml_cache)
+        state.config = params.parse_cmdline(root.read_text("/proc/cmdline", ""), defaults=image.values)
         log.level = LEVELS[state.config.text("log")]
-        for problem in state.config.problems:
+        for problem in [*image.problems, *state.config.problems]:
             log.warning(problem)
-        state.problems.extend(state.config.problems)
+            state.problems.append(problem)
 
 
 def load_modules(state: BootState) -> None:
@@ -90,8 +107,13 @@ def load_modules(state: BootState) -> None:
             if result.how == "failed":
                 state.log.warning(f"module {result.name}: {result.error}")
                 state.problems.append(f"module {result.name} failed")
-        if state.config.flag("lockdown"):
-            state.root.write_text("/proc/sys/kernel/modules_disabled", "1\n")
+
+
+def lock_modules(state: BootState) -> None:
+    """guestinit.lockdown: no module loads from here on (every module phase comes before)."""
+    if state.config.flag("lockdown"):
+        state.root.write_text("/proc/sys/kernel/modules_disabled", "1\n")
+        state.log.info("lockdown: kernel.modules_disabled=1")
 
 
 def connect_notify(state: BootState) -> None:
@@ -101,11 +123,40 @@ def connect_notify(state: BootState) -> None:
         state.sender = Sender(target, state.root("/sys"), state.root("/dev"), state.root("/dev/console"))
 
 
+def start_logging(state: BootState) -> None:
+    """/dev/log and the ring file; the power button (its driver loaded with the modules)."""
+    with state.timeline.phase("syslog"):
+        state.logging = services.open_logging(state, state.config.number("syslog_kib"))
+
+
+def start_services(state: BootState) -> None:
+    """Start the services and wait (bounded by their own timeouts) until each is ready, has
+    failed, or was skipped. A critical failure raises services.CriticalFailure."""
+    assert state.logging is not None
+    with state.timeline.phase("services"):
+        sup = state.supervisor = services.load(state, state.logging.ring)
+        sup.start()
+        state.loop.run_until(lambda: sup.settled() or bool(state.shutdown_why or sup.critical_failure()))
+    for svc in sup.services.values():
+        if svc.first_start_s is not None:
+            phase = Phase(f"service {svc.name}", svc.first_start_s)
+            phase.end_s = svc.ready_s if svc.ready_s is not None else boottime()
+            if svc.state not in ("ready", "exited"):
+                phase.error = svc.error or svc.state
+            state.timeline.phases.append(phase)
+    failure = sup.critical_failure()
+    if failure and not state.shutdown_why:
+        raise services.CriticalFailure(failure)
+
+
 def ready_message(state: BootState) -> dict[str, str]:
     ready = boottime()
     state.ready_s = ready
     since_exec = ready - (state.exec_s if state.exec_s is not None else state.start_s)
     status = f"guestinit {__version__} ready in {since_exec:.3f} s from exec"
+    degraded = state.supervisor.degraded() if state.supervisor is not None else []
+    if degraded:
+        status += f"; degraded: {', '.join(degraded)}"
     if state.problems:
         status += "; " + "; ".join(state.problems)
     fields = {
@@ -118,15 +169,26 @@ def ready_message(state: BootState) -> dict[str, str]:
         "X_GUESTINIT_PHASES": json.dumps(state.timeline.as_list(), separators=(",", ":")),
         "X_GUESTINIT_MODULES": json.dumps([r.as_dict() for r in state.module_results], separators=(",", ":")),
         "X_GUESTINIT_KERNEL": os.uname().release,
+        "X_GUESTINIT_DEGRADED": ",".join(degraded),
+        "X_GUESTINIT_SERVICES": json.dumps(state.supervisor.summary(), separators=(",", ":"))
+        if state.supervisor is not None and state.supervisor.services
+        else "",
     }
     return {k: v for k, v in fields.items() if v}
 
 
 def boot(state: BootState) -> None:
-    """The whole sequence; PID 1 then supervises until shutdown."""
+    """The whole sequence; PID 1 then supervises until shutdown. A shutdown request during
+    boot (signal, power button) ends it early, without READY."""
     early(state)
     load_modules(state)
+    lock_modules(state)
     connect_notify(state)
+    start_logging(state)
+    start_services(state)
+    if state.shutdown_why:
+        return
     assert state.sender is not None
     state.sender.send(ready_message(state))
+    state.ready_sent = True
     state.log.info(f"ready at {state.ready_s:.3f} s (exec at {state.exec_s} s)")

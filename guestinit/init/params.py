@@ -53,6 +53,16 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(item for item in (part.strip() for part in text.split(",")) if item)
 
 
+def _kib(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ParamError(f"{text!r} is not a whole number of KiB") from None
+    if not 16 <= value <= 1048576:
+        raise ParamError(f"{text!r} is out of range (16 <= KiB <= 1048576)")
+    return value
+
+
 class Param:
     __slots__ = ("default", "help", "kind", "name", "parse")
 
@@ -104,11 +114,32 @@ PARAMS: tuple[Param, ...] = (
         "ready_timeout", "seconds", _seconds, 30.0, "Default bound on waiting for a service to become ready."
     ),
     Param(
+        "stop_timeout",
+        "seconds",
+        _seconds,
+        3.0,
+        "Default time a service gets between SIGTERM and SIGKILL when it is stopped.",
+    ),
+    Param(
         "shutdown_timeout",
         "seconds",
         _seconds,
         5.0,
         "Bound on the whole shutdown: stop services, report, sync, power off.",
+    ),
+    Param(
+        "disable",
+        "list",
+        _csv,
+        (),
+        "Services (names of /etc/guestinit/services.d/NAME.toml) not to start, comma-separated.",
+    ),
+    Param(
+        "syslog_kib",
+        "KiB",
+        _kib,
+        1024,
+        "Bound on the syslog ring file /run/syslog.log (older half dropped when full).",
     ),
 )
 
@@ -168,9 +199,27 @@ class Config:
         return value
 
 
-def parse_cmdline(cmdline: str, table: tuple[Param, ...] = PARAMS) -> Config:
+def coerce(param: Param, value: object) -> object:
+    """A typed value (from TOML) checked against a key's type; strings go through its parser."""
+    if isinstance(value, str):
+        return param.parse(value)
+    if param.kind == "bool" and isinstance(value, bool):
+        return value
+    if param.kind in ("seconds", "KiB") and isinstance(value, int | float) and not isinstance(value, bool):
+        return param.parse(str(value))
+    if param.kind == "list" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(v.strip() for v in value if v.strip())
+    raise ParamError(f"{value!r} is not a {param.kind}")
+
+
+def parse_cmdline(
+    cmdline: str, table: tuple[Param, ...] = PARAMS, defaults: dict[str, object] | None = None
+) -> Config:
+    """Parse the ``guestinit.*`` words; ``defaults`` (the image's guestinit.toml) replace the
+    table's defaults, and the command line wins over both."""
     by_name = {p.name: p for p in table}
     values: dict[str, object] = {p.name: p.default for p in table}
+    values.update(defaults or {})
     problems: list[str] = []
     raw: dict[str, str] = {}
     for word in split_cmdline(cmdline):
@@ -188,7 +237,7 @@ def parse_cmdline(cmdline: str, table: tuple[Param, ...] = PARAMS) -> Config:
         try:
             values[name] = param.parse(text)
         except ParamError as exc:
-            problems.append(f"{key}={text}: {exc}; using the default {param.default!r}")
+            problems.append(f"{key}={text}: {exc}; using the default {values[name]!r}")
     return Config(values, problems, raw)
 
 

@@ -1,61 +1,79 @@
 """PID 1 duties: signals, reaping every child, clean power-off, and failing closed.
 
 PID 1 never returns: if it did the kernel would panic. Any error ends in a report to the
-host (EXIT_STATUS= non-zero, STATUS= the reason) and a power-off.
+host (EXIT_STATUS= non-zero, STATUS= the reason) and a power-off within the shutdown bound.
+SIGTERM, SIGPWR, SIGINT (Ctrl-Alt-Del, with the kernel's CAD reboot disabled) and the ACPI
+power button all lead to the one clean shutdown: services stopped in reverse dependency
+order, X_SYSTEMD_SHUTDOWN=poweroff to the host, sync, unmount, power off.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
 
 from guestinit.init import mounts, syscalls
-from guestinit.init.boot import BootState, boot
+from guestinit.init.boot import BootState, boot, choose_target
 from guestinit.init.kmsg import Log
+from guestinit.init.loop import SignalFd
+from guestinit.init.reaper import Reaper
+from guestinit.init.report import Sender
 from guestinit.init.root import Root
+from guestinit.init.services import CriticalFailure, Service
 
-# Signals PID 1 handles synchronously (blocked, then collected with sigtimedwait):
+__all__ = ["HANDLED", "SHUTDOWN_SIGNALS", "Init", "Reaper", "power_off", "run", "run_as_pid1"]
+
+# Signals PID 1 handles synchronously (blocked in every thread, read from a signalfd):
 # SIGTERM / SIGPWR from the VMM or an agent, SIGINT from Ctrl-Alt-Del (CAD disabled in the
 # kernel so it signals init), SIGCHLD for reaping.
 HANDLED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPWR, signal.SIGHUP, signal.SIGUSR1}
 SHUTDOWN_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGPWR, signal.SIGUSR1}
+KILL_GRACE_S = 0.3
 
-ExitCallback = Callable[[int, int], None]
 
-
-class Reaper:
-    """Reaps every child; exit statuses of children someone registered go to their callback."""
-
-    def __init__(self) -> None:
-        self.watchers: dict[int, ExitCallback] = {}
-        self.reaped = 0
-
-    def watch(self, pid: int, callback: ExitCallback) -> None:
-        self.watchers[pid] = callback
-
-    def reap(self) -> int:
-        count = 0
-        while True:
+def _user_processes() -> list[int]:
+    """Pids of processes other than init and kernel threads (which have no command line)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != "1":
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            count += 1
-            callback = self.watchers.pop(pid, None)
-            if callback is not None:
-                callback(pid, status)
-        self.reaped += count
-        return count
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read(1):
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
 
 
-def power_off(root: Root, log: Log) -> None:
+def kill_everything(log: Log, reaper: Reaper | None = None) -> None:
+    """Only as the real PID 1: SIGTERM, then SIGKILL after a short grace, whatever processes
+    are left once the services are stopped (kill(-1) spares init), so that nothing writes
+    while filesystems are unmounted."""
+    if os.getpid() != 1 or not _user_processes():
+        return
+    deadline = time.monotonic() + KILL_GRACE_S
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(-1, sig)
+        except ProcessLookupError:
+            return
+        except OSError as exc:
+            log.warning(f"kill(-1, {sig.name}): {exc}")
+        while sig == signal.SIGTERM and time.monotonic() < deadline:
+            if reaper is not None:
+                reaper.reap()
+            if not _user_processes():
+                return
+            time.sleep(0.01)  # last step before power-off; these are not our children to wait on
+
+
+def power_off(root: Root, log: Log, reaper: Reaper | None = None) -> None:
     """sync, unmount, power off. Never returns in a real guest."""
     os.sync()
+    kill_everything(log, reaper)
     mounts.unmount_all(root)
     os.sync()
     if root.is_real and os.getpid() == 1:
@@ -76,63 +94,156 @@ class Init:
 
     def __init__(self, state: BootState) -> None:
         self.state = state
-        self.reaper = Reaper()
-        self.shutdown_reason = ""
+        self.signals: SignalFd | None = None
+        self.stopped: list[dict[str, object]] = []
 
-    def fail(self, reason: str, exit_status: int = 1) -> None:
-        """Fail closed: report to the host, then power off within the shutdown bound."""
-        log = self.state.log
-        log.error(f"failing: {reason}")
-        sender = self.state.sender
-        if sender is not None:
-            try:
-                sender.send({"EXIT_STATUS": str(exit_status), "STATUS": f"failed: {reason}"[:1024]})
-                sender.send({"X_SYSTEMD_SHUTDOWN": "poweroff"})
-                sender.flush(self.state.config.number("shutdown_timeout") - 1.0)
-            except Exception as exc:  # reporting must not stop the power-off
-                log.error(f"could not report failure: {exc}")
-        power_off(self.state.root, log)
+    @property
+    def reaper(self) -> Reaper:
+        return self.state.reaper
 
-    def shutdown(self, why: str) -> None:
-        log = self.state.log
-        log.info(f"shutdown: {why}")
-        sender = self.state.sender
-        if sender is not None:
-            sender.send({"STATUS": f"shutting down: {why}", "X_SYSTEMD_SHUTDOWN": "poweroff"})
-            sender.flush(2.0)
-        power_off(self.state.root, log)
+    def install(self, signals: set[signal.Signals] = HANDLED) -> None:
+        """Read the (already blocked) signals on the loop; pending ones are delivered at once."""
+        self.signals = SignalFd(signals)
+        self.state.loop.add_reader(self.signals.fd, self._signalled)
+
+    def _signalled(self) -> None:
+        assert self.signals is not None
+        for info in self.signals.read():
+            if info.signo == signal.SIGCHLD:
+                self.reaper.reap()
+            elif info.signo in SHUTDOWN_SIGNALS:
+                self.request_shutdown(f"signal {signal.Signals(info.signo).name} from pid {info.pid}")
+            else:
+                self.state.log.info(f"ignoring signal {info.signo} from pid {info.pid}")
+
+    def request_shutdown(self, why: str) -> None:
+        if not self.state.shutdown_why:
+            self.state.shutdown_why = why
+            self.state.log.info(f"shutdown requested: {why}")
+
+    def service_event(self, svc: Service, what: str) -> None:
+        """After READY: a critical failure fails the VM; other failures update the host."""
+        state = self.state
+        if not state.ready_sent or state.shutdown_why or what != "failed":
+            return
+        sup = state.supervisor
+        assert sup is not None
+        if svc.spec.critical and what == "failed":
+            state.failure = f"critical service {svc.name} failed: {svc.error}"
+            return
+        if state.sender is not None:
+            degraded = sup.degraded()
+            state.sender.send(
+                {
+                    "STATUS": f"degraded: {', '.join(degraded)} ({svc.name}: {svc.error})"[:1024],
+                    "X_GUESTINIT_DEGRADED": ",".join(degraded),
+                }
+            )
 
     def supervise(self) -> None:
+        state = self.state
+        if state.supervisor is not None:
+            state.supervisor.on_event = self.service_event
         while True:
-            info = signal.sigtimedwait(HANDLED, 1.0)
-            if info is None:
-                self.reaper.reap()
-                continue
-            if info.si_signo == signal.SIGCHLD:
-                self.reaper.reap()
-            elif info.si_signo in SHUTDOWN_SIGNALS:
-                self.shutdown(f"signal {signal.Signals(info.si_signo).name}")
+            if state.failure:
+                self.fail(state.failure, CriticalFailure.exit_status)
+                return
+            if state.shutdown_why:
+                self.shutdown(state.shutdown_why)
+                return
+            state.loop.run_once(60.0)
+
+    def _sender(self) -> Sender | None:
+        """The notify sender; one is made here when boot failed before it had one."""
+        state = self.state
+        if state.sender is None:
+            try:
+                target, _source = choose_target(state.config, state.root)
+                root = state.root
+                state.sender = Sender(target, root("/sys"), root("/dev"), root("/dev/console"))
+            except Exception as exc:
+                state.log.error(f"no notify channel: {exc}")
+        return state.sender
+
+    def _stop_services(self, deadline: float) -> None:
+        sup = self.state.supervisor
+        if sup is None:
+            return
+        try:
+            self.stopped = sup.stop_all(deadline)
+        except Exception as exc:  # stopping must not stop the power-off
+            self.state.log.error(f"stopping services: {type(exc).__name__}: {exc}")
+        for record in self.stopped:
+            self.state.log.info(f"stopped {record['name']}: {record['how']} ({record['s']} s)")
+
+    def fail(self, reason: str, exit_status: int = 1) -> None:
+        """Fail closed: report to the host, stop what runs, power off within the shutdown bound."""
+        state, log = self.state, self.state.log
+        deadline = time.monotonic() + state.config.number("shutdown_timeout")
+        log.error(f"failing: {reason}")
+        sender = self._sender()
+        try:
+            if sender is not None:
+                sender.send({"EXIT_STATUS": str(exit_status), "STATUS": f"failed: {reason}"[:1024]})
+        except Exception as exc:  # reporting must not stop the power-off
+            log.error(f"could not report failure: {exc}")
+        self._stop_services(deadline - 1.0)
+        try:
+            if sender is not None:
+                sender.send({"X_SYSTEMD_SHUTDOWN": "poweroff"})
+                sender.flush(max(0.2, deadline - time.monotonic() - 0.3))
+        except Exception as exc:
+            log.error(f"could not report failure: {exc}")
+        power_off(state.root, log, state.reaper)
+
+    def shutdown(self, why: str) -> None:
+        state, log = self.state, self.state.log
+        deadline = time.monotonic() + state.config.number("shutdown_timeout")
+        log.info(f"shutdown: {why}")
+        sender = state.sender
+        if sender is not None:
+            sender.send({"STATUS": f"shutting down: {why}"})
+        self._stop_services(deadline - 0.5)
+        order = ", ".join(f"{r['name']} ({r['how']})" for r in self.stopped)
+        if sender is not None:
+            sender.send(
+                {
+                    "STATUS": f"powering off ({why})" + (f"; stopped {order}" if order else ""),
+                    "X_SYSTEMD_SHUTDOWN": "poweroff",
+                    "X_GUESTINIT_STOPPED": json.dumps(self.stopped, separators=(",", ":")),
+                }
+            )
+            sender.flush(max(0.2, deadline - time.monotonic()))
+        power_off(state.root, log, state.reaper)
 
 
 def run_as_pid1(exec_s: float | None, start_s: float) -> None:
     """Entry point when the kernel runs us as /init. Never returns."""
+    run(Root("/"), Log("/dev/kmsg"), exec_s, start_s)
+
+
+def run(root: Root, log: Log, exec_s: float | None, start_s: float) -> None:
+    """Boot, supervise, shut down or fail closed. As the real PID 1 this never returns; on any
+    other root (tests) it returns once the power-off step is reached."""
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-    root = Root("/")
-    log = Log("/dev/kmsg")
     state = BootState(root, log, exec_s, start_s)
     init = Init(state)
     try:
-        try:
-            syscalls.reboot(syscalls.RB_DISABLE_CAD)
-        except OSError:
-            pass
+        if root.is_real and os.getpid() == 1:
+            try:
+                syscalls.reboot(syscalls.RB_DISABLE_CAD)  # Ctrl-Alt-Del becomes SIGINT to init
+            except OSError:
+                pass
+        init.install()
         boot(state)
         init.supervise()
     except BaseException as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        for line in traceback.format_exc().splitlines():
-            log.error(line)
+        status = exc.exit_status if isinstance(exc, CriticalFailure) else 1
+        reason = str(exc) if isinstance(exc, CriticalFailure) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, CriticalFailure):
+            for line in traceback.format_exc().splitlines():
+                log.error(line)
         try:
-            init.fail(reason)
-        finally:
+            init.fail(reason, status)
+        except BaseException:
             power_off(root, log)

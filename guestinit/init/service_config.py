@@ -1,0 +1,472 @@
+"""Service files: /etc/guestinit/services.d/NAME.toml, one service a file.
+
+KEYS is the one table of what a service file may say (name, type, default, help): parsing,
+checking and the reference (docs/services.md, ``guestinit services --markdown``) come from
+it. A file that cannot be read or has a bad value is not run: the service counts as failed
+(critical when the file says ``critical = true``), with a one-line reason naming the file and
+the key. Unknown keys are reported and ignored. Files added by an extra initrd count like the
+image's own: the kernel unpacks them into the same /etc/guestinit/services.d.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+from guestinit.init import tomlfiles
+from guestinit.init.root import Root
+
+SERVICES_DIR = "/etc/guestinit/services.d"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+EVERY = "*"  # after = ["*"]: after every service that does not itself say "*"
+READY_KINDS = ("socket", "tcp", "file", "log", "command")
+RESTARTS = ("no", "on-failure", "always")
+
+
+class ServiceError(ValueError):
+    """A bad service file or value; the message names the file, the key and the fix."""
+
+
+def _argv(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ServiceError('must be a non-empty list of strings, e.g. ["/usr/bin/daemon", "--flag"]')
+    if not value[0].startswith("/"):
+        raise ServiceError(f"{value[0]!r}: the program must be an absolute path")
+    return tuple(value)
+
+
+def _environment(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ServiceError('must be a table of strings, e.g. { LANG = "C.UTF-8" }')
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not key or "=" in key or "\0" in key:
+            raise ServiceError(f"{key!r} is not a valid variable name")
+        if not isinstance(item, str) or "\0" in item:
+            raise ServiceError(f"{key}: the value must be a string")
+        out[key] = item
+    return out
+
+
+def _principal(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value and ":" not in value and not value.isspace():
+        return value
+    raise ServiceError("must be a name from /etc/passwd (/etc/group) or a number")
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ServiceError('must be a list of service names, e.g. ["fabricmanager"], or ["*"]')
+    for v in value:
+        if v != EVERY and not NAME_RE.fullmatch(v):
+            raise ServiceError(f"{v!r} is not a service name")
+    return tuple(value)
+
+
+def _ready(value: object) -> tuple[str, object]:
+    if value == "none":
+        return ("none", "")
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ServiceError(
+            'must be "none" or one of {socket="/path"}, {tcp="HOST:PORT"}, {file="/path"}, '
+            '{log="regex"}, {command=["/bin/prog", ...]}'
+        )
+    kind, arg = next(iter(value.items()))
+    if kind not in READY_KINDS:
+        raise ServiceError(f"unknown readiness kind {kind!r}: use one of {', '.join(READY_KINDS)}")
+    if kind in ("socket", "file"):
+        if not isinstance(arg, str) or not arg.startswith("/"):
+            raise ServiceError(f"{kind}: must be an absolute path")
+        return (kind, arg)
+    if kind == "tcp":
+        if not isinstance(arg, str):
+            raise ServiceError('tcp: must be "HOST:PORT"')
+        return (kind, parse_hostport(arg))
+    if kind == "log":
+        if not isinstance(arg, str) or not arg:
+            raise ServiceError("log: must be a regular expression")
+        try:
+            return (kind, re.compile(arg))
+        except re.error as exc:
+            raise ServiceError(f"log: {arg!r} is not a valid regular expression: {exc}") from None
+    return (kind, _argv(arg))
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ServiceError(f'tcp: {text!r} is not "HOST:PORT" (e.g. "127.0.0.1:6666" or "[::1]:6666")')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host, int(port))
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+        raise ServiceError("must be a number of seconds, 0 < s <= 86400")
+    return float(value)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise ServiceError("must be a whole number from 0 to 1000")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in choices:
+            raise ServiceError(f"must be one of {', '.join(repr(c) for c in choices)}")
+        assert isinstance(value, str)
+        return value
+
+    return check
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ServiceError("must be true or false")
+    return value
+
+
+def _oom(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -1000 <= value <= 1000:
+        raise ServiceError("must be a whole number from -1000 to 1000")
+    return value
+
+
+def _nofile(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 30:
+        raise ServiceError("must be a whole number of file descriptors (at most the kernel's fs.nr_open)")
+    return value
+
+
+def _path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ServiceError("must be an absolute path")
+    return value
+
+
+class Key:
+    __slots__ = ("check", "default", "help", "name", "type")
+
+    def __init__(
+        self, name: str, type: str, check: Callable[[object], object], default: object, help: str
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.check = check
+        self.default = default
+        self.help = help
+
+
+REQUIRED = object()
+FROM_CMDLINE = "the guestinit.{} key"
+
+KEYS: tuple[Key, ...] = (
+    Key("command", "list of strings", _argv, REQUIRED, "The program (absolute path) and its arguments."),
+    Key(
+        "environment",
+        "table",
+        _environment,
+        {},
+        "Variables added to the clean environment (PATH, HOME, USER, LOGNAME, LANG); init's own "
+        "environment is never passed on.",
+    ),
+    Key("user", "name or uid", _principal, "root", "The user the service runs as."),
+    Key(
+        "group",
+        "name or gid",
+        _principal,
+        "",
+        "Its group; default the user's primary group. Supplementary groups come from /etc/group.",
+    ),
+    Key(
+        "after",
+        "list of names",
+        _names,
+        (),
+        'Start only once these services are ready (or settled: skipped, exited, failed). "*" '
+        'means every service that does not itself say "*". Names of absent services are ignored. '
+        "Stopping runs in the reverse order.",
+    ),
+    Key(
+        "ready",
+        'table or "none"',
+        _ready,
+        ("none", ""),
+        'When the service counts as ready: {socket="/path"} (a Unix socket accepts a connection), '
+        '{tcp="HOST:PORT"} (a TCP connection is accepted), {file="/path"} (the file appears), '
+        '{log="regex"} (a line of its output or its syslog matches), {command=["/bin/prog", ...]} '
+        '(that exits 0), or "none" (once started).',
+    ),
+    Key(
+        "ready_timeout",
+        "seconds",
+        _seconds,
+        None,
+        "Bound on one start's wait for readiness; default the guestinit.ready_timeout key.",
+    ),
+    Key(
+        "restart",
+        "no|on-failure|always",
+        _choice(*RESTARTS),
+        "no",
+        "Restart when it exits (on-failure: with a non-zero status or a signal, or when it is not "
+        "ready in time), after an exponential back-off (0.1 s doubling, at most 10 s).",
+    ),
+    Key(
+        "max_restarts",
+        "count",
+        _count,
+        5,
+        "Give up (the service has failed) after this many restarts within restart_window; before "
+        "it was first ready every restart counts.",
+    ),
+    Key("restart_window", "seconds", _seconds, 60.0, "The window max_restarts counts in."),
+    Key(
+        "critical",
+        "bool",
+        _bool,
+        False,
+        "Its failure fails the VM: EXIT_STATUS= and STATUS= to the host, then power-off. A "
+        "non-critical failure is reported in X_GUESTINIT_DEGRADED=.",
+    ),
+    Key(
+        "stop_timeout",
+        "seconds",
+        _seconds,
+        None,
+        "Time between SIGTERM and SIGKILL when stopping; default the guestinit.stop_timeout key.",
+    ),
+    Key("oom_score_adj", "-1000..1000", _oom, None, "The OOM killer adjustment; default inherited (0)."),
+    Key("rlimit_nofile", "count", _nofile, None, "RLIMIT_NOFILE (soft and hard); default inherited."),
+    Key(
+        "condition_path_exists",
+        "path",
+        _path,
+        "",
+        "Start only when this path exists (else the service is skipped, which is no failure).",
+    ),
+)
+BY_NAME = {k.name: k for k in KEYS}
+
+
+class ServiceSpec:
+    """One service file, checked. ``error`` set means the file is unusable (the service fails)."""
+
+    __slots__ = (
+        "after",
+        "command",
+        "condition_path_exists",
+        "critical",
+        "environment",
+        "error",
+        "group",
+        "max_restarts",
+        "name",
+        "oom_score_adj",
+        "path",
+        "problems",
+        "ready",
+        "ready_timeout",
+        "restart",
+        "restart_window",
+        "rlimit_nofile",
+        "stop_timeout",
+        "user",
+    )
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+        self.error = ""
+        self.problems: list[str] = []
+        self.command: tuple[str, ...] = ()
+        self.environment: dict[str, str] = {}
+        self.user = "root"
+        self.group = ""
+        self.after: tuple[str, ...] = ()
+        self.ready: tuple[str, object] = ("none", "")
+        self.ready_timeout: float | None = None
+        self.restart = "no"
+        self.max_restarts = 5
+        self.restart_window = 60.0
+        self.critical = False
+        self.stop_timeout: float | None = None
+        self.oom_score_adj: int | None = None
+        self.rlimit_nofile: int | None = None
+        self.condition_path_exists = ""
+
+    def __repr__(self) -> str:
+        return f"ServiceSpec({self.name!r}, error={self.error!r})"
+
+
+def from_table(name: str, path: str, table: dict[str, object]) -> ServiceSpec:
+    spec = ServiceSpec(name, path)
+    critical = table.get("critical")
+    spec.critical = critical is True
+    errors: list[str] = []
+    for key, value in table.items():
+        entry = BY_NAME.get(key)
+        if entry is None:
+            spec.problems.append(f"{path}: unknown key {key!r}: ignored (see `guestinit services --keys`)")
+            continue
+        try:
+            setattr(spec, key, entry.check(value))
+        except ServiceError as exc:
+            errors.append(f"{key}: {exc}")
+    if "command" not in table:
+        errors.append('command: missing (e.g. command = ["/usr/bin/daemon"])')
+    if errors:
+        spec.error = f"{path}: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    return spec
+
+
+def load_file(root: Root, path: str, cache: dict[str, dict[str, object]] | None = None) -> ServiceSpec:
+    name = os.path.basename(path)[: -len(".toml")]
+    if not NAME_RE.fullmatch(name):
+        spec = ServiceSpec(name, path)
+        spec.error = f"{path}: {name!r} is not a service name (letters, digits, _ . @ -; at most 64)"
+        return spec
+    try:
+        table = tomlfiles.load(root, path, cache)
+    except (OSError, UnicodeDecodeError) as exc:
+        spec = ServiceSpec(name, path)
+        spec.error = f"{path}: cannot read: {exc}"
+        return spec
+    except tomlfiles.TomlError as exc:
+        spec = ServiceSpec(name, path)
+        spec.error = str(exc)
+        return spec
+    return from_table(name, path, table)
+
+
+def load_all(
+    root: Root, cache: dict[str, dict[str, object]] | None = None, directory: str = SERVICES_DIR
+) -> list[ServiceSpec]:
+    """Every service file, in name order."""
+    return [
+        load_file(root, f"{directory}/{entry}", cache)
+        for entry in root.listdir(directory)
+        if entry.endswith(".toml") and not entry.startswith(".")
+    ]
+
+
+def dependencies(specs: list[ServiceSpec]) -> tuple[dict[str, list[str]], list[str]]:
+    """Each service's resolved ``after`` list (present services only, "*" expanded) and the
+    problems found (unknown names). Cycles are left to ``cycles``."""
+    names = [s.name for s in specs]
+    present = set(names)
+    deps: dict[str, list[str]] = {}
+    problems: list[str] = []
+    star = {s.name for s in specs if EVERY in s.after}
+    for spec in specs:
+        out: list[str] = []
+        for dep in spec.after:
+            if dep == EVERY:
+                out.extend(n for n in names if n not in star and n != spec.name and n not in out)
+            elif dep == spec.name:
+                problems.append(f"{spec.path}: after names the service itself: ignored")
+            elif dep not in present:
+                problems.append(f"{spec.path}: after names {dep!r}, which is not a service here: ignored")
+            elif dep not in out:
+                out.append(dep)
+        deps[spec.name] = out
+    return deps, problems
+
+
+def cycles(deps: dict[str, list[str]]) -> set[str]:
+    """Names of services on a dependency cycle (they can never start)."""
+    state: dict[str, int] = {}
+    on_cycle: set[str] = set()
+    stack: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for dep in deps.get(name, []):
+            if state.get(dep, 0) == 0:
+                visit(dep)
+            elif state.get(dep) == 1:
+                on_cycle.update(stack[stack.index(dep) :])
+        stack.pop()
+        state[name] = 2
+
+    for name in deps:
+        if state.get(name, 0) == 0:
+            visit(name)
+    return on_cycle
+
+
+def levels(deps: dict[str, list[str]]) -> dict[str, int]:
+    """Depth of each service in the start order (0: depends on nothing). Stopping goes from the
+    deepest level up. Services on cycles get level 0."""
+    memo: dict[str, int] = {}
+    bad = cycles(deps)
+
+    def level(name: str) -> int:
+        if name in memo:
+            return memo[name]
+        memo[name] = 0
+        if name not in bad:
+            memo[name] = 1 + max((level(d) for d in deps.get(name, []) if d not in bad), default=-1)
+        return memo[name]
+
+    return {name: level(name) for name in deps}
+
+
+def _default_text(key: Key) -> str:
+    if key.default is REQUIRED:
+        return "required"
+    if key.default is None:
+        return {
+            "ready_timeout": "guestinit.ready_timeout",
+            "stop_timeout": "guestinit.stop_timeout",
+        }.get(key.name, "inherited")
+    if key.name == "ready":
+        return '"none"'
+    if isinstance(key.default, bool):
+        return "true" if key.default else "false"
+    if isinstance(key.default, tuple):
+        return "[]"
+    if isinstance(key.default, dict):
+        return "{}"
+    if isinstance(key.default, str):
+        return f'"{key.default}"'
+    return str(key.default)
+
+
+def reference_markdown() -> str:
+    """The service file reference, generated from KEYS."""
+    lines = [
+        "# guestinit service files",
+        "",
+        "Generated by `guestinit services --markdown` from `guestinit/init/service_config.py`; do not",
+        "edit. One TOML file a service: `/etc/guestinit/services.d/NAME.toml` (files an extra initrd",
+        "adds count too). Independent services start in parallel; `after` orders them; output (stdout",
+        "and stderr) reaches /dev/kmsg as `NAME[PID]: line` and the ring file /run/syslog.log. A file",
+        "with a bad value is not run and counts as a failed service; unknown keys are reported.",
+        "",
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key in KEYS:
+        lines.append(f"| `{key.name}` | {key.type} | `{_default_text(key)}` | {key.help} |")
+    lines += [
+        "",
+        "Example (`/etc/guestinit/services.d/kata-agent.toml` in the image):",
+        "",
+        "```toml",
+        'command = ["/usr/bin/kata-agent"]',
+        'after = ["*"]',
+        "critical = true",
+        "oom_score_adj = -997",
+        "rlimit_nofile = 1048576",
+        'condition_path_exists = "/usr/bin/kata-agent"',
+        "```",
+    ]
+    return "\n".join(lines) + "\n"

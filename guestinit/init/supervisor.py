@@ -1,0 +1,582 @@
+"""Supervision: start services in dependency order (independent ones in parallel), wait for
+their readiness, restart them with back-off, give up, and stop them in reverse order.
+
+States: waiting -> starting -> ready [-> exited]; starting/ready -> backoff -> starting ...;
+any -> failed (gave up) / stopping -> stopped; skipped (condition false) and disabled
+(guestinit.disable) count as settled, like ready, exited and failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from guestinit.init import probes, spawn
+from guestinit.init.clock import boottime
+from guestinit.init.kmsg import INFO, Log
+from guestinit.init.loop import Loop, Timer
+from guestinit.init.reaper import Reaper, describe, succeeded
+from guestinit.init.root import Root
+from guestinit.init.service_config import ServiceSpec, cycles, dependencies, levels
+from guestinit.init.syslog import Ring
+
+TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    import psutil  # imported for real only when a service is stopped
+
+SETTLED = frozenset({"ready", "exited", "failed", "skipped", "disabled", "stopped"})
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 10.0
+MAX_LINE = 4096
+
+Event = Callable[["Service", str], None]
+
+
+class Pipe:
+    """The read end of a process's stdout/stderr: complete lines go to ``on_line``."""
+
+    def __init__(self, loop: Loop, fd: int, on_line: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.on_line = on_line
+        self.buf = b""
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        self.read()
+
+    def read(self) -> bool:
+        """One read; False at end of file (the pipe is then closed)."""
+        if self.fd < 0:
+            return False
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            self._emit(self.buf, final=True)
+            self.close()
+            return False
+        self._emit(self.buf + data)
+        return True
+
+    def drain(self) -> None:
+        """Read everything written so far (before an exit is handled, so lines stay in order)."""
+        while self.fd >= 0:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._emit(self.buf, final=True)
+                self.close()
+                return
+            self._emit(self.buf + data)
+
+    def _emit(self, data: bytes, final: bool = False) -> None:
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        while len(rest) > MAX_LINE:
+            lines.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        if final and rest:
+            lines.append(rest)
+            rest = b""
+        self.buf = rest
+        for raw in lines:
+            self.on_line(raw.decode("utf-8", errors="replace").rstrip("\r"))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Service:
+    """One service's runtime state."""
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.state = "waiting"
+        self.deps: list[str] = []
+        self.level = 0
+        self.pid = 0
+        self.out_pid = 0
+        self.pipe: Pipe | None = None
+        self.starts = 0
+        self.restart_times: list[float] = []
+        self.ever_ready = False
+        self.first_start_s: float | None = None
+        self.ready_s: float | None = None
+        self.error = ""
+        self.ready_detail = ""
+        self.creds: spawn.Credentials | None = None
+        self.probe: probes.Probe | None = None
+        self.ready_timer: Timer | None = None
+        self.restart_timer: Timer | None = None
+        self.kill_timer: Timer | None = None
+        self.poll_timer: Timer | None = None
+        self.tree: list[psutil.Process] = []
+        self.stop_started = 0.0
+        self.stop_how = ""
+        self.after_stop: Callable[[], None] | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.state in SETTLED
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"name": self.name, "state": self.state}
+        if self.pid:
+            d["pid"] = self.pid
+        if self.first_start_s is not None:
+            d["start_s"] = round(self.first_start_s, 4)
+        if self.ready_s is not None:
+            d["ready_s"] = round(self.ready_s, 4)
+        if self.starts > 1:
+            d["restarts"] = self.starts - 1
+        if self.spec.critical:
+            d["critical"] = True
+        if self.error:
+            d["error"] = self.error[:300]
+        return d
+
+
+class Supervisor:
+    def __init__(
+        self,
+        root: Root,
+        loop: Loop,
+        reaper: Reaper,
+        log: Log,
+        ring: Ring,
+        ready_timeout: float = 30.0,
+        stop_timeout: float = 3.0,
+        on_event: Event | None = None,
+        proc: str = "/proc",
+    ) -> None:
+        self.root = root
+        self.loop = loop
+        self.reaper = reaper
+        self.log = log
+        self.ring = ring
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.on_event = on_event
+        self.proc = proc
+        self.services: dict[str, Service] = {}
+        self.problems: list[str] = []
+        self.stopping = False
+
+    # -- configuration ------------------------------------------------------------------
+
+    def add(self, specs: list[ServiceSpec], disabled: tuple[str, ...] = ()) -> None:
+        for spec in specs:
+            self.services[spec.name] = Service(spec)
+            self.problems.extend(spec.problems)
+        for name in disabled:
+            if name in self.services:
+                self.services[name].state = "disabled"
+            else:
+                self.problems.append(f"guestinit.disable names {name!r}, which is not a service here")
+        deps, problems = dependencies([s.spec for s in self.services.values()])
+        self.problems.extend(problems)
+        on_cycle = cycles(deps)
+        depth = levels(deps)
+        for name, svc in self.services.items():
+            svc.deps = deps[name]
+            svc.level = depth[name]
+            if name in on_cycle and not svc.spec.error:
+                svc.spec.error = f"{svc.spec.path}: after forms a cycle ({', '.join(sorted(on_cycle))})"
+        for problem in self.problems:
+            self.log.warning(problem)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def settled(self) -> bool:
+        return all(s.settled for s in self.services.values())
+
+    def critical_failure(self) -> str | None:
+        for svc in self.services.values():
+            if svc.spec.critical and svc.state == "failed":
+                return f"critical service {svc.name} failed: {svc.error}"
+        return None
+
+    def degraded(self) -> list[str]:
+        return [s.name for s in self.services.values() if s.state == "failed" and not s.spec.critical]
+
+    def summary(self) -> list[dict[str, object]]:
+        return [s.as_dict() for s in self.services.values()]
+
+    def owner(self, pid: int, ident: str) -> str | None:
+        """The service a process (or a syslog program name) belongs to, if any."""
+        if pid:
+            for svc in self.services.values():
+                if pid in (svc.pid, svc.out_pid):
+                    return svc.name
+            session = self._session(pid)
+            if session:
+                for svc in self.services.values():
+                    if session in (svc.pid, svc.out_pid):
+                        return svc.name
+        for svc in self.services.values():
+            if ident in (svc.name, os.path.basename(svc.spec.command[0]) if svc.spec.command else ""):
+                return svc.name
+        return None
+
+    def _session(self, pid: int) -> int:
+        try:
+            with open(f"{self.proc}/{pid}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            return int(stat[stat.rindex(")") + 2 :].split()[3])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    # -- starting -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.stopping or self.critical_failure():
+            return
+        for svc in self.services.values():
+            if svc.state == "waiting" and all(self.services[d].settled for d in svc.deps):
+                self._begin(svc)
+
+    def _event(self, svc: Service, what: str) -> None:
+        if self.on_event is not None:
+            self.on_event(svc, what)
+
+    def _begin(self, svc: Service) -> None:
+        spec = svc.spec
+        if spec.error:
+            self._give_up(svc, spec.error)
+            return
+        if spec.condition_path_exists and not self.root.exists(spec.condition_path_exists):
+            svc.state = "skipped"
+            self.log.info(f"{svc.name}: skipped ({spec.condition_path_exists} does not exist)")
+            self._event(svc, "skipped")
+            self._schedule()
+            return
+        try:
+            svc.creds = spawn.resolve(self.root, spec.user, spec.group)
+        except spawn.SpawnError as exc:
+            self._give_up(svc, f"{spec.path}: {exc}")
+            return
+        self._spawn(svc)
+
+    def _spawn(self, svc: Service) -> None:
+        svc.restart_timer = None
+        if self.stopping:
+            svc.state = "stopped"
+            return
+        spec = svc.spec
+        assert svc.creds is not None
+        read_end, write_end = os.pipe()
+        try:
+            pid = spawn.spawn(
+                spec.command,
+                spawn.clean_environment(svc.creds, spec.environment),
+                svc.creds,
+                write_end,
+                write_end,
+                spec.oom_score_adj,
+                spec.rlimit_nofile,
+            )
+        except spawn.SpawnError as exc:
+            os.close(read_end)
+            os.close(write_end)
+            svc.starts += 1
+            self._failed(svc, str(exc))
+            return
+        os.close(write_end)
+        self.reaper.watch(pid, lambda p, status: self._exited(svc, p, status))
+        svc.pid = svc.out_pid = pid
+        # a previous run's pipe (held open by a leftover process) keeps draining on its own
+        svc.pipe = Pipe(self.loop, read_end, lambda text: self._line(svc, pid, text))
+        svc.starts += 1
+        svc.state = "starting"
+        if svc.first_start_s is None:
+            svc.first_start_s = boottime()
+        self.log.info(f"{svc.name}: started {spec.command[0]} as pid {pid} (user {svc.creds.name})")
+        kind, arg = spec.ready
+        timeout = spec.ready_timeout or self.ready_timeout
+        svc.probe = probes.make(
+            kind,
+            self.root(arg) if kind == "socket" and isinstance(arg, str) else arg,
+            self.loop,
+            lambda ok, detail: self._ready(svc, ok, detail),
+            self.root,
+            self.ring,
+            svc.name,
+            lambda argv, on_exit: self._run_probe(svc, argv, on_exit),
+        )
+        svc.ready_timer = self.loop.call_later(timeout, lambda: self._ready_timeout(svc, timeout))
+        svc.probe.start()
+
+    def _run_probe(self, svc: Service, argv: tuple[str, ...], on_exit: Callable[[int], None]) -> int:
+        assert svc.creds is not None
+        read_end, write_end = os.pipe()
+        try:
+            env = spawn.clean_environment(svc.creds, svc.spec.environment)
+            pid = spawn.spawn(argv, env, svc.creds, write_end, write_end)
+        except spawn.SpawnError:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        ident = f"{svc.name}(probe)[{pid}]"
+        pipe = Pipe(self.loop, read_end, lambda text: self.log.log(INFO, text, ident=ident))
+
+        def exited(_pid: int, status: int) -> None:
+            pipe.drain()
+            pipe.close()
+            on_exit(status)
+
+        self.reaper.watch(pid, exited)
+        return pid
+
+    def _line(self, svc: Service, pid: int, text: str) -> None:
+        self.log.log(INFO, text, ident=f"{svc.name}[{pid}]")
+        self.ring.append(svc.name, pid, INFO, text, svc.name)
+
+    def _ready(self, svc: Service, ok: bool, detail: str) -> None:
+        if svc.ready_timer is not None:
+            svc.ready_timer.cancel()
+            svc.ready_timer = None
+        svc.probe = None
+        if svc.state != "starting":
+            return
+        if not ok:
+            self._terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, detail))
+            return
+        svc.state = "ready"
+        svc.ever_ready = True
+        svc.ready_s = boottime()
+        svc.ready_detail = detail
+        self.log.info(f"{svc.name}: ready ({detail})")
+        self._event(svc, "ready")
+        self._schedule()
+
+    def _ready_timeout(self, svc: Service, timeout: float) -> None:
+        svc.ready_timer = None
+        probe = svc.probe
+        svc.probe = None
+        if probe is not None:
+            probe.cancel()
+        if svc.state != "starting":
+            return
+        kind = svc.spec.ready[0]
+        extra = f"; last: {probe.last}" if isinstance(probe, probes.CommandExits) and probe.last else ""
+        reason = f"not ready ({kind}) within {timeout:g} s{extra}"
+        self._terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, reason))
+
+    # -- exits, restarts ----------------------------------------------------------------
+
+    def _exited(self, svc: Service, pid: int, status: int) -> None:
+        if svc.pipe is not None:
+            svc.pipe.drain()
+        if pid != svc.pid:
+            return
+        svc.pid = 0
+        what = describe(status)
+        if svc.state == "stopping":
+            self._check_stopped(svc)
+            return
+        if svc.state == "starting":
+            if svc.ready_timer is not None:
+                svc.ready_timer.cancel()
+                svc.ready_timer = None
+            if svc.probe is not None:
+                svc.probe.cancel()
+                svc.probe = None
+            self._failed(svc, f"{what} before it was ready")
+            return
+        if svc.state == "ready":
+            if succeeded(status) and svc.spec.restart != "always":
+                svc.state = "exited"
+                self.log.info(f"{svc.name}: exited with 0")
+                self._event(svc, "exited")
+                self._schedule()
+                return
+            self._failed(svc, what)
+
+    def _failed(self, svc: Service, reason: str) -> None:
+        svc.error = reason
+        if self.stopping:
+            svc.state = "stopped"
+            return
+        spec = svc.spec
+        if spec.restart != "no":
+            now = time.monotonic()
+            if svc.ever_ready:
+                svc.restart_times = [t for t in svc.restart_times if now - t < spec.restart_window]
+            if len(svc.restart_times) < spec.max_restarts:
+                delay = min(BACKOFF_FIRST_S * 2 ** len(svc.restart_times), BACKOFF_MAX_S)
+                svc.restart_times.append(now)
+                svc.state = "backoff"
+                count = f"{len(svc.restart_times)}/{spec.max_restarts}"
+                self.log.warning(f"{svc.name}: {reason}; restart {count} in {delay:g} s")
+                self._event(svc, "restarting")
+                svc.restart_timer = self.loop.call_later(delay, lambda: self._spawn(svc))
+                return
+            reason = f"{reason}; gave up after {len(svc.restart_times)} restarts"
+        self._give_up(svc, reason)
+
+    def _give_up(self, svc: Service, reason: str) -> None:
+        svc.error = reason
+        svc.state = "failed"
+        self.log.error(f"{svc.name}: failed: {reason}" + (" (critical)" if svc.spec.critical else ""))
+        self._event(svc, "failed")
+        self._schedule()
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def _stop_timeout(self, svc: Service) -> float:
+        return svc.spec.stop_timeout or self.stop_timeout
+
+    def _tree(self, pid: int) -> list[psutil.Process]:
+        """The service's processes: the main one, its descendants, and its session's members."""
+        import psutil
+
+        procs: dict[int, psutil.Process] = {}
+        try:
+            main = psutil.Process(pid)
+            procs[pid] = main
+            for child in main.children(recursive=True):
+                procs[child.pid] = child
+        except psutil.Error:
+            pass
+        try:
+            entries = os.listdir(self.proc)
+        except OSError:
+            entries = []
+        for entry in entries:
+            other = int(entry) if entry.isdigit() else 0
+            if other and other not in procs and other != os.getpid() and self._session(other) == pid:
+                try:
+                    procs[other] = psutil.Process(other)
+                except psutil.Error:
+                    pass
+        return list(procs.values())
+
+    def _terminate(self, svc: Service, timeout: float, then: Callable[[], None]) -> None:
+        """SIGTERM the whole tree; SIGKILL what is left after timeout; then ``then()``."""
+        svc.state = "stopping"
+        svc.after_stop = then
+        svc.stop_started = time.monotonic()
+        svc.stop_how = "exited"
+        if svc.ready_timer is not None:
+            svc.ready_timer.cancel()
+            svc.ready_timer = None
+        if svc.probe is not None:
+            svc.probe.cancel()
+            svc.probe = None
+        if svc.restart_timer is not None:
+            svc.restart_timer.cancel()
+            svc.restart_timer = None
+        svc.tree = self._tree(svc.pid) if svc.pid else []
+        if svc.tree:
+            svc.stop_how = "SIGTERM"
+        for proc in svc.tree:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except Exception:
+                pass
+        svc.kill_timer = self.loop.call_later(timeout, lambda: self._kill(svc))
+        self._check_stopped(svc)
+
+    def _kill(self, svc: Service) -> None:
+        svc.kill_timer = None
+        if svc.state != "stopping":
+            return
+        alive = [p for p in svc.tree if _alive(p)]
+        if alive:
+            svc.stop_how = "SIGKILL"
+            self.log.warning(f"{svc.name}: {len(alive)} process(es) still running after SIGTERM: SIGKILL")
+        for proc in alive:
+            try:
+                proc.kill()
+            except Exception:
+                pass
+
+    def _check_stopped(self, svc: Service) -> None:
+        """Stopped once the main process was reaped and no other process of its tree is left;
+        the main exit is an event (the reaper), leftovers are re-checked every 20 ms."""
+        svc.poll_timer = None
+        if svc.state != "stopping" or svc.pid:
+            return
+        if any(_alive(p) for p in svc.tree):
+            svc.poll_timer = self.loop.call_later(0.02, lambda: self._check_stopped(svc))
+            return
+        if svc.kill_timer is not None:
+            svc.kill_timer.cancel()
+            svc.kill_timer = None
+        svc.tree = []
+        then, svc.after_stop = svc.after_stop, None
+        if then is not None:
+            then()
+
+    def stop_all(self, deadline: float) -> list[dict[str, object]]:
+        """Stop every service in reverse dependency order (deepest level first, each level in
+        parallel): SIGTERM, stop_timeout, SIGKILL. Returns what happened, in stopping order.
+        Whatever still runs at the monotonic deadline is killed outright."""
+        self.stopping = True
+        records: list[dict[str, object]] = []
+        for svc in self.services.values():
+            for timer in (svc.restart_timer, svc.ready_timer):
+                if timer is not None:
+                    timer.cancel()
+            if svc.state in ("waiting", "backoff"):
+                svc.state = "stopped"
+        for level in sorted({s.level for s in self.services.values()}, reverse=True):
+            group = [
+                s for s in self.services.values() if s.level == level and (s.pid or s.state == "stopping")
+            ]
+            for svc in group:
+                if svc.state == "stopping":
+                    continue  # a ready-timeout stop already under way
+                timeout = max(0.0, min(self._stop_timeout(svc), deadline - time.monotonic()))
+                self.log.info(f"{svc.name}: stopping (SIGTERM, SIGKILL after {timeout:.1f} s)")
+
+                def done(svc: Service = svc) -> None:
+                    svc.state = "stopped"
+                    records.append(
+                        {
+                            "name": svc.name,
+                            "how": svc.stop_how,
+                            "s": round(time.monotonic() - svc.stop_started, 3),
+                        }
+                    )
+
+                self._terminate(svc, timeout, done)
+            self.loop.run_until(lambda: all(s.state != "stopping" for s in group), deadline)  # noqa: B023
+        for svc in self.services.values():
+            if svc.state == "stopping" or svc.pid:
+                for proc in svc.tree or self._tree(svc.pid):
+                    try:
+                        proc.kill()
+                    except Exception:
+                        pass
+                records.append({"name": svc.name, "how": "SIGKILL (shutdown deadline)", "s": None})
+                svc.state = "stopped"
+        return records
+
+
+def _alive(proc: psutil.Process) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
