@@ -71,6 +71,8 @@ bench: setup
 
 docs: setup
 	$(VENV)/bin/guestinit params --markdown > docs/kernel-cmdline.md
+	$(VENV)/bin/guestinit services --markdown > docs/services.md
+	$(VENV)/bin/python -m guestinit.init.tomlfiles image/mkosi.extra
 
 clean:
 	rm -rf build
