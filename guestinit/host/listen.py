@@ -27,7 +27,6 @@ import collections
 import contextlib
 import errno
 import os
-import queue
 import selectors
 import socket
 import stat
@@ -52,7 +51,8 @@ from guestinit.notify.message import (
 FORMS = "vsock:PORT, unix:PATH, unix-dgram:PATH, hvsock:UDS_PATH:PORT, serial:PATH or console:PATH"
 KINDS = ("vsock", "unix", "unix-dgram", "hvsock", "serial", "console")
 READ_CHUNK = 64 * 1024
-ACCEPTS_PER_EVENT = 32
+ACCEPTS_PER_EVENT = 32  # at most a quarter of max_connections, so a new connection is read
+READS_PER_EVENT = 4  # before enough newer ones arrive to make it the oldest
 DATAGRAMS_PER_EVENT = 64
 CONSOLE_POLL_S = 0.02
 CONSOLE_READ_PER_POLL = 256 * 1024
@@ -88,7 +88,8 @@ class Limits:
         default=1024,
         metadata={
             "flag": "--max-queued",
-            "help": "parsed messages waiting to be reported; more are dropped and counted",
+            "help": "parsed messages waiting to be reported; beyond it the oldest one without READY "
+            "or EXIT_STATUS is dropped and counted",
         },
     )
     log_per_second: int = field(
@@ -192,6 +193,47 @@ class _Console:
         self.framer = line_framer(max_bytes)
 
 
+class MessageQueue:
+    """Parsed messages waiting for the reader, bounded. When full, the oldest message that
+    decides nothing (no READY, no EXIT_STATUS) makes room, so a flood of chatter from one
+    sender cannot push another sender's READY out."""
+
+    DECISIVE = ("READY", "EXIT_STATUS")
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: collections.deque[Message] = collections.deque()
+        self._cond = threading.Condition()
+
+    def qsize(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def put(self, msg: Message) -> Message | None:
+        """Queue ``msg``; returns the message dropped to make room, if any."""
+        with self._cond:
+            dropped = None
+            if len(self._items) >= self.maxsize:
+                victim = next((m for m in self._items if not self._decisive(m)), None)
+                if victim is None and not self._decisive(msg):
+                    return msg
+                victim = victim if victim is not None else self._items[0]
+                self._items.remove(victim)
+                dropped = victim
+            self._items.append(msg)
+            self._cond.notify()
+            return dropped
+
+    def get(self, timeout: float | None) -> Message | None:
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def _decisive(self, msg: Message) -> bool:
+        return any(key in msg.fields for key in self.DECISIVE)
+
+
 class _RateLimitedLog:
     """The listener's log: the last lines in memory, at most ``per_second`` to the callback."""
 
@@ -234,7 +276,7 @@ class Listener:
     ) -> None:
         self.endpoints = [a if isinstance(a, Endpoint) else parse_endpoint(a) for a in addresses]
         self.limits = limits or Limits()
-        self.messages: queue.Queue[Message] = queue.Queue(maxsize=self.limits.max_queued)
+        self.messages = MessageQueue(self.limits.max_queued)
         self._log = _RateLimitedLog(self.limits.log_per_second, on_log)
         self.counts: collections.Counter[str] = collections.Counter()
         self._sel = selectors.DefaultSelector()
@@ -294,10 +336,8 @@ class Listener:
             self._sel.close()
 
     def get(self, timeout: float | None) -> Message | None:
-        try:
-            return self.messages.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        """The next message, or None after ``timeout`` seconds."""
+        return self.messages.get(timeout)
 
     # binding ---------------------------------------------------------------------------
     def _unix_path(self, path: str) -> str:
@@ -393,7 +433,7 @@ class Listener:
                     return
                 self._emit(data, source)
             return
-        for _ in range(ACCEPTS_PER_EVENT):
+        for _ in range(max(1, min(ACCEPTS_PER_EVENT, self.limits.max_connections // 4))):
             try:
                 conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -447,36 +487,46 @@ class Listener:
         return data, f"{ep}" + (f" pid {pid}" if pid else "")
 
     def _on_readable(self, sock: socket.socket) -> None:
+        """Read what is there (a bounded number of chunks), so a sender whose message and
+        end-of-stream have both arrived is finished in one event, before any eviction."""
         conn = self._conns.get(sock)
         if conn is None:
             return
-        try:
-            data = sock.recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+        for _ in range(READS_PER_EVENT):
+            try:
+                data = sock.recv(READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not self._on_data(sock, conn, data):
+                return
+
+    def _on_data(self, sock: socket.socket, conn: _Conn, data: bytes) -> bool:
+        """Handle one read; False when the connection is finished (closed or dropped)."""
         if conn.framer is not None:
             if not data:
                 self._drop(sock)
-                return
+                return False
             frames, notes = conn.framer.feed(data)
             for note in notes:
                 self.counts["oversized"] += 1
                 self._log(f"{conn.source}: {note}")
             for frame in frames:
                 self._emit(frame, conn.source)
-            return
+            return True
         if not data:
             if conn.buf:
                 self._emit(bytes(conn.buf), conn.source)
             self._drop(sock)
-            return
+            return False
         conn.buf += data
         if len(conn.buf) > self.limits.max_message_bytes:
             self.counts["oversized"] += 1
             self._log(f"{conn.source}: message over {self.limits.max_message_bytes} bytes: dropped")
             self._drop(sock)
+            return False
+        return True
 
     def _drop(self, sock: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -535,12 +585,11 @@ class Listener:
                 self._log(f"{source}: {len(parsed.dropped) - 5} more bad lines")
         if not parsed.fields or set(parsed.fields) <= PROTOCOL_ONLY_KEYS:
             return
-        try:
-            self.messages.put_nowait(Message(parsed.fields, now, source, parsed.dropped, wall))
-            self.counts["messages"] += 1
-        except queue.Full:
+        self.counts["messages"] += 1
+        lost = self.messages.put(Message(parsed.fields, now, source, parsed.dropped, wall))
+        if lost is not None:
             self.counts["queue_full"] += 1
-            self._log(f"{source}: {self.limits.max_queued} messages waiting: dropped one")
+            self._log(f"{lost.source}: {self.limits.max_queued} messages waiting: dropped one")
 
 
 def _stale_socket(path: str) -> bool:
