@@ -4,6 +4,7 @@ guestinit                  (as PID 1) boot the guest
 guestinit version          print the version
 guestinit params [--markdown]   the kernel command-line reference
 guestinit probe [--root DIR] [--json]   what this machine's GPUs and BARs look like
+guestinit services [--root DIR] [--markdown|--keys|--json]   check service files, or the reference
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def tool(argv: list[str]) -> int:
         from guestinit.init.probe import main as probe_main
 
         return probe_main(argv[1:])
+    if argv[:1] == ["services"]:
+        from guestinit.init.service_config import main as services_main
+
+        return services_main(argv[1:])
     import argparse
 
     from guestinit import __version__
