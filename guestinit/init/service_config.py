@@ -470,3 +470,52 @@ def reference_markdown() -> str:
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """``guestinit services [--root DIR] [--markdown | --keys | --json]``: check the service
+    files of a root (exit 1 when any is unusable), or print the reference."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="guestinit services", description=main.__doc__)
+    parser.add_argument("--root", default="/", help="the guest root to read (default /)")
+    parser.add_argument("--markdown", action="store_true", help="print the generated reference")
+    parser.add_argument("--keys", action="store_true", help="list the keys a service file may use")
+    parser.add_argument("--json", action="store_true", help="print the parsed services as JSON")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(reference_markdown(), end="")
+        return 0
+    if args.keys:
+        for key in KEYS:
+            print(f"{key.name:<22} {key.type:<22} default {_default_text(key)}\n    {key.help}")
+        return 0
+    root = Root(args.root)
+    specs = load_all(root, tomlfiles.read_cache(root))
+    deps, problems = dependencies(specs)
+    order = levels(deps)
+    rows = []
+    for spec in specs:
+        problems.extend(spec.problems)
+        rows.append(
+            {
+                "name": spec.name,
+                "error": spec.error,
+                "command": list(spec.command),
+                "after": deps[spec.name],
+                "level": order[spec.name],
+                "ready": spec.ready[0],
+                "critical": spec.critical,
+                "restart": spec.restart,
+            }
+        )
+    if args.json:
+        print(json.dumps({"services": rows, "problems": problems}, indent=2))
+    else:
+        for row in rows:
+            state = f"ERROR {row['error']}" if row["error"] else f"level {row['level']}, ready {row['ready']}"
+            print(f"{row['name']:<20} {state}")
+        for problem in problems:
+            print(f"warning: {problem}")
+    return 1 if any(row["error"] for row in rows) else 0

@@ -6,7 +6,10 @@ files once and stores the results in CACHE as JSON. At boot a file whose text is
 cached text is taken from the cache; any other file (an operator's extra initrd, an edited
 file) is parsed with tomllib, imported only then. The cache never changes what a file means.
 
-    python3 -m guestinit.init.tomlfiles [ROOT]    (write ROOT/etc/guestinit/.toml-cache.json)
+    python -m guestinit.init.tomlfiles [ROOT]    (write ROOT/etc/guestinit/toml-cache.json)
+
+The image's cache is generated into image/mkosi.extra (``make docs``; a test checks it is
+current), so building the image needs no extra step.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 
 from guestinit.init.root import Root
 
-CACHE = "/etc/guestinit/.toml-cache.json"
+CACHE = "/etc/guestinit/toml-cache.json"
 CONFIG_DIR = "/etc/guestinit"
 
 
