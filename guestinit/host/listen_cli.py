@@ -166,8 +166,8 @@ def listen(args: argparse.Namespace, out: TextIO) -> int:
         limits,
         on_log=lambda line: print(f"guestctl listen: {printable(line)}", file=sys.stderr),
     )
+    start = time.monotonic()  # before the listener serves: no receive time is negative
     with listener:
-        start = time.monotonic()
         if not args.json:
             names = ", ".join(str(ep) for ep in listener.endpoints)
             print(f"guestctl listen: listening on {names}", file=sys.stderr, flush=True)
