@@ -151,6 +151,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """mkdir -p, with each new directory's entry fsync'd into its parent."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o755, exist_ok=True)
+        _fsync_dir(directory.parent)
+
+
 def _tmp_path(dest: Path) -> Path:
     return dest.with_name(f"{TMP_PREFIX}{os.getpid()}.{dest.name}")
 
@@ -697,7 +708,12 @@ def create_version(layout: Layout, plan: VersionPlan) -> None:
     tmp = layout.versions / f"{TMP_PREFIX}{os.getpid()}.{plan.id}"
     os.mkdir(tmp, 0o755)
     for name, data in sorted(plan.files.items()):
-        _create_file(tmp / name, data)
+        digest = _create_file(tmp / name, data)
+        if plan.sha256.get(name, digest) != digest:
+            shutil.rmtree(tmp)
+            raise DeployError(
+                f"{data if isinstance(data, Path) else name}: changed while it was copied: run again"
+            )
     for name, target in sorted(plan.links.items()):
         os.symlink(target, tmp / name)
     _create_file(tmp / "deploy.json", (json.dumps(plan.record, indent=2, sort_keys=True) + "\n").encode())
@@ -788,7 +804,7 @@ def remove_leftovers(layout: Layout) -> list[Path]:
 @contextlib.contextmanager
 def locked(layout: Layout) -> Iterator[None]:
     """One deploy or rollback per prefix and flavour at a time (released by the kernel on death)."""
-    layout.versions.mkdir(parents=True, exist_ok=True)
+    make_dirs(layout.versions)
     fd = os.open(layout.state / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -887,7 +903,7 @@ def link_public(layout: Layout, members: set[str]) -> None:
     for member in sorted(members & set(kinds)):
         if kinds[member] != "ours":
             public = layout.public()[member]
-            public.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(public.parent)
             symlink_atomic(public, layout.stable_target(member))
 
 
@@ -938,6 +954,7 @@ def prune(layout: Layout, keep: int) -> list[str]:
             if layout.is_versioned_name(entry.name) and entry.name not in referenced:
                 entry.unlink()
                 doomed.append(entry.name)
+        _fsync_dir(layout.assets)
     return doomed
 
 
@@ -1115,7 +1132,7 @@ def run_deploy(args: argparse.Namespace) -> list[str]:
         remove_leftovers(layout)
         adopt(layout)
         for artifact, dest in installs:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(dest.parent)
             if dest.exists():
                 if sha256_file(dest) != artifact.sha256:
                     raise DeployError(
@@ -1125,11 +1142,15 @@ def run_deploy(args: argparse.Namespace) -> list[str]:
             else:
                 write_atomic(dest, artifact.path, artifact.sha256)
                 lines.append(f"  install  {layout.rel(dest)}")
-        if (layout.versions / new.id).exists():
-            if not version_matches(layout, new):
-                _remove_tree_atomic(layout.versions / new.id)
-                create_version(layout, new)
-        else:
+        if not (layout.versions / new.id).exists():
+            create_version(layout, new)
+        elif not version_matches(layout, new):  # its name is a hash of its content: it was edited
+            if new.id == current_version(layout):
+                raise DeployError(
+                    f"{layout.versions / new.id}: the current version was modified by hand: "
+                    "roll back to another (`guestctl rollback --list`), then deploy again"
+                )
+            _remove_tree_atomic(layout.versions / new.id)
             create_version(layout, new)
         link_public(layout, new.members())
         before = version_view(layout, current_version(layout) or new.id)
@@ -1142,7 +1163,11 @@ def run_deploy(args: argparse.Namespace) -> list[str]:
     if old == new.id:
         lines.append(f"  {new.id} was already current: nothing switched")
     else:
-        lines.append(f"deployed {new.id}; previous: {old or 'none'} (`guestctl rollback` restores it)")
+        lines.append(
+            f"deployed {new.id}; previous: {old} (`guestctl rollback` restores it)"
+            if old
+            else f"deployed {new.id}: the first version here, nothing to roll back to"
+        )
     lines.extend(f"  pruned   {name}" for name in pruned)
     return lines
 

@@ -94,7 +94,7 @@ def test_deploy_installs_versioned_files_behind_kata_names(
     assert (rc["kind"], rc["handler"], rc["metadata"]["name"]) == ("RuntimeClass",) + (
         "kata-qemu-nvidia-gpu",
     ) * 2
-    assert "deployed 0.1.0-20261126160000+" in out and "previous: none" in out
+    assert "deployed 0.1.0-20261126160000+" in out and "the first version here" in out
 
 
 def test_known_keys_cover_the_reference_and_catch_typos() -> None:
