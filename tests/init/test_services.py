@@ -468,3 +468,36 @@ def test_output_reaches_kmsg_and_ring_with_the_name(rig: Rig) -> None:
         assert f"<6>talker[{pid}]: {text}\n" in kmsg
     ring = (rig.path / "run/syslog.log").read_text()
     assert f"talker[{pid}]: to stderr\n" in ring
+
+
+def test_syslog_line_of_a_service_makes_it_ready(rig: Rig) -> None:
+    """NVRC's way for fabricmanager: ready when its syslog says so. The line reaches /dev/log
+    from the daemon's child; another service logging the same words does not count."""
+    from guestinit.init.syslog import Syslog
+
+    (rig.path / "dev").mkdir()
+    syslog = Syslog(
+        rig.root, rig.loop, rig.log, rig.ring, lambda pid, ident: rig.sup and rig.sup.owner(pid, ident)
+    )
+    syslog.open()
+    dev_log = str(rig.path / "dev/log")
+    send = f"""
+        import os, socket, time
+        time.sleep({{delay}})
+        if os.fork() == 0:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.sendto(b"<30>Nov 26 16:15:36 nv-fabricmanager[1]: FM starting NvLink Inband", {dev_log!r})
+            os._exit(0)
+        time.sleep(60)
+    """
+    rig.service(
+        "fm", f'command = {script(send.format(delay=0.5))}\nready = {{ log = "FM starting NvLink Inband" }}\n'
+    )
+    rig.service("other", f"command = {script(send.format(delay=0))}\nready_timeout = 60\n")
+    sup = rig.start()
+    rig.settle()
+    assert sup.services["fm"].state == "ready"
+    lines = [line for line in rig.ring.since(0) if "NvLink" in line.text]
+    assert sorted(line.service or "" for line in lines) == ["fm", "other"]
+    assert "FM starting NvLink Inband" in (rig.path / "run/syslog.log").read_text()
+    syslog.close()
