@@ -45,3 +45,12 @@ def controller(
     ctl.start()
     yield ctl
     ctl.stop()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -226,6 +226,10 @@ import grpc
 with grpc.insecure_channel("unix:/run/fm-controller/fm-controller.sock") as ch:
     h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
 ok = ok and h.status == health_pb2.HealthCheckResponse.NOT_SERVING
+# the host's way in: vsock (here over the guest's loopback transport, CID 1) through fmctl's bridge
+argv = ["/usr/bin/fmctl", "--address", "vsock:1:6000", "--json", "status"]
+r = subprocess.run(argv, capture_output=True, text=True)
+ok = ok and r.returncode == 3 and json.loads(r.stdout)["serving"] is False
 sys.exit(0 if ok else 1)
 """
 
@@ -233,7 +237,8 @@ sys.exit(0 if ok else 1)
 @pytest.mark.boot
 def test_servicevm_boots_degraded_without_fabricmanager(servicevm_image: Path, tmp_path: Path) -> None:
     """No NVIDIA packages: READY with X_GUESTINIT_DEGRADED=fabricmanager, fm-controller up and its
-    standard health NOT_SERVING (checked in the guest by a probe service added as an extra initrd)."""
+    standard health NOT_SERVING, also over vsock (checked in the guest by a probe service added as
+    an extra initrd)."""
     if importlib.util.find_spec("guestinit.init.services") is None:
         pytest.skip("guestinit's services (issue 3) have not landed")
     from guestinit.host.boot import BootOptions, boot
