@@ -60,6 +60,7 @@ class BootResult:
     console_log: str = ""
     qemu_exit: int | None = None
     shutdown_s: float | None = None
+    failed_exit_s: float | None = None  # EXIT_STATUS received -> QEMU exit (guest powered itself off)
     error: str = ""
     argv: list[str] = field(default_factory=list)
     started_wall: float = 0.0  # time.time() when QEMU was started: host_s 0 of the timeline
@@ -84,6 +85,7 @@ class BootResult:
             "console_log": self.console_log,
             "qemu_exit": self.qemu_exit,
             "shutdown_s": _r(self.shutdown_s),
+            "failed_exit_s": _r(self.failed_exit_s),
             "error": self.error,
         }
 
@@ -230,6 +232,8 @@ def boot(opts: BootOptions) -> BootResult:
         _wait(proc, listener, result, t0, opts.timeout_s)
         if result.ready and opts.shutdown:
             _graceful_shutdown(proc, listener, result, qmp_sock, t0, opts.shutdown_timeout_s)
+        elif result.exit_status not in (None, 0):
+            _await_poweroff(proc, listener, result, t0, opts.shutdown_timeout_s)
     finally:
         if proc.poll() is None:
             with contextlib.suppress(OSError):
@@ -326,6 +330,22 @@ def _graceful_shutdown(
     result.error = f"guest did not power off within {timeout_s:.0f} s of system_powerdown"
 
 
+def _await_poweroff(
+    proc: subprocess.Popen[bytes], listener: Listener, result: BootResult, t0: float, timeout_s: float
+) -> None:
+    """A guest that reported a failure powers itself off: wait for that (bounded), timed."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        msg = listener.get(timeout=0.05)
+        if msg is not None:
+            _absorb(msg, result, t0)
+        if proc.poll() is not None:
+            result.failed_exit_s = time.monotonic() - start
+            while (msg := listener.get(timeout=0.1)) is not None:
+                _absorb(msg, result, t0)
+            return
+
+
 # Keys of a message that name what it is, in the order the timeline shows them.
 _EVENT_KEYS = ("READY", "EXIT_STATUS", "X_SYSTEMD_SHUTDOWN", "STATUS")
 
@@ -415,5 +435,7 @@ def summary(result: BootResult) -> str:
             parts.append(f"init exec to READY {result.uptime_at_ready_s - exec_s:.3f} s")
     if result.shutdown_s is not None:
         parts.append(f"powerdown to QEMU exit {result.shutdown_s:.3f} s")
+    if result.failed_exit_s is not None:
+        parts.append(f"failure report to QEMU exit {result.failed_exit_s:.3f} s")
     parts.append(f"wall {result.wall_s:.3f} s")
     return "; ".join(parts)
