@@ -248,3 +248,35 @@ def test_connect_falls_back_to_v1_params(
     )
     with pytest.raises(nvfm.ConnectionNotValid):
         library.connect(nvfm.FMAddress.parse("127.0.0.1:1"))  # nothing listens there
+
+
+def test_vgpu_mode_activates_with_vfs_only(
+    library: nvfm.Library, fakes: tuple[Path, Path], tmp_path: Path
+) -> None:
+    fake = FakeFabricManager(fakes[1], tmp_path / "fm")
+    fake.overrides["FABRIC_MODE"] = "2"
+    fake.start()
+    try:
+        conn = _connect(library, fake)
+        with pytest.raises(nvfm.NotSupported):
+            conn.activate(2)  # Shared NVSwitch mode only
+        with pytest.raises(nvfm.BadParam):
+            conn.activate_with_vfs(2, [(0, 0x41, 0, 1)])  # one VF per GPU of the partition
+        conn.activate_with_vfs(2, [(0, 0x41 + i, 0, 1) for i in range(4)])
+        assert conn.partitions().active_ids == (2,)
+        conn.disconnect()
+    finally:
+        fake.stop()
+
+
+def test_shutdown_ends_every_connection(library: nvfm.Library, fm: FakeFabricManager) -> None:
+    conn = _connect(library, fm)
+    library.shutdown()
+    with pytest.raises(nvfm.Uninitialized):
+        conn.partitions()
+    with pytest.raises(nvfm.Uninitialized):
+        library.shutdown()
+    library.init()
+    conn = _connect(library, fm)
+    assert len(conn.partitions().partitions) == 15
+    conn.disconnect()
