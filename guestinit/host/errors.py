@@ -13,3 +13,10 @@ class UserError(Exception):
 
     def line(self) -> str:
         return f"{self}{'; ' + self.hint if self.hint else ''}"
+
+
+class DeployError(UserError):
+    """A failure of `guestctl deploy` / `rollback`: one line naming the input and the fix (exit 1)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message, hint, exit_code=1)
