@@ -160,6 +160,9 @@ class Manager:
         self._synced = False
         self._serving = False
         self._active: tuple[int, ...] = state.load()
+        self._version = 0  # bumped whenever _active changes
+        self._durable = 0  # the version last written to the state file
+        self._persist_lock = threading.Lock()
         self.last_error = ""
         self.restores = 0
         self.events = Events()
@@ -261,17 +264,29 @@ class Manager:
             if publish and was_synced:
                 self.events.publish(FM_LOST, self._active, False, message=why)
 
-    def _remember(self, active: Iterable[int]) -> None:
+    def _remember(self, active: Iterable[int]) -> int:
+        """Record a new active set (lock held); returns the version to make durable."""
         ids = tuple(sorted(set(active)))
-        if ids != self._active or not self.state.path.exists():
-            self.state.save(ids)
-        self._active = ids
+        if ids != self._active:
+            self._active = ids  # before the version: whoever sees version v sees a set at least that new
+            self._version += 1
+        return self._version
+
+    def _persist(self, version: int, force: bool = False) -> None:
+        """Make the active set durable up to ``version``. Runs outside the SDK lock, so reads do not
+        wait for fsync, and changes that arrive together share one write (group commit)."""
+        with self._persist_lock:
+            if self._durable >= version and not force:
+                return
+            current = self._version
+            self.state.save(self._active)
+            self._durable = current
 
     def _adopt(self, table: nvfm.PartitionTable, why: str) -> None:
         if table.active_ids != self._active:
             message = f"{why}: was [{_ids(self._active)}], now [{_ids(table.active_ids)}]"
             self._log(message)
-            self._remember(table.active_ids)
+            self._persist(self._remember(table.active_ids))
             self.events.publish(CHANGED_OUTSIDE, self._active, self._serving, message=message)
 
     def _sync(self, conn: nvfm.Connection) -> nvfm.PartitionTable:
@@ -298,7 +313,7 @@ class Manager:
             table = conn.partitions()
         self._adopt(table, "fabricmanager's active partitions differ from the persisted set")
         if not self.state.path.exists():
-            self.state.save(self._active)
+            self._persist(self._version, force=True)
         self._synced = True
         self.last_error = ""
         self._set_serving(True)
@@ -352,7 +367,10 @@ class Manager:
         return self._with_fm(op)
 
     def activate(self, partition_id: int) -> Change:
+        version = 0
+
         def op(conn: nvfm.Connection) -> Change:
+            nonlocal version
             table = conn.partitions()
             wanted = table.get(partition_id)
             if wanted is None:
@@ -381,17 +399,22 @@ class Manager:
                     f"deactivate partition {blocker.id} first (FM_ST_IN_USE)",
                 )
             active = tuple(sorted({*table.active_ids, partition_id}))
-            self._remember(active)
+            version = self._remember(active)
             self.events.publish(
                 ACTIVATED, active, self._serving, partition_id, f"partition {partition_id} activated"
             )
             done = dataclasses.replace(wanted, active=True)
             return Change(done, True, f"partition {partition_id} activated", active)
 
-        return self._with_fm(op)
+        change = self._with_fm(op)
+        self._persist(version)
+        return change
 
     def deactivate(self, partition_id: int) -> Change:
+        version = 0
+
         def op(conn: nvfm.Connection) -> Change:
+            nonlocal version
             table = conn.partitions()
             wanted = table.get(partition_id)
             if wanted is None:
@@ -405,12 +428,14 @@ class Manager:
                 self._adopt(table, "a partition was deactivated outside the controller")
                 return Change(wanted, False, f"partition {partition_id} is not active", table.active_ids)
             active = tuple(i for i in table.active_ids if i != partition_id)
-            self._remember(active)
+            version = self._remember(active)
             message = f"partition {partition_id} deactivated"
             self.events.publish(DEACTIVATED, active, self._serving, partition_id, message)
             return Change(dataclasses.replace(wanted, active=False), True, message, active)
 
-        return self._with_fm(op)
+        change = self._with_fm(op)
+        self._persist(version)
+        return change
 
     def set_activated(self, partition_ids: Iterable[int]) -> tuple[int, ...]:
         ids = tuple(partition_ids)
@@ -434,7 +459,9 @@ class Manager:
             )
             return self._active
 
-        return self._with_fm(op, sync=False)
+        active = self._with_fm(op, sync=False)
+        self._persist(self._version)
+        return active
 
     def failed_devices(self) -> nvfm.FailedDevices:
         return self._with_fm(lambda conn: conn.nvlink_failed_devices())
