@@ -15,7 +15,7 @@ from deploy_harness import FLAVOUR, PUBLIC, make_build, make_upstream, observe, 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guestinit.host import deploy, plan
+from guestinit.host import deploy, katarender, katasettings, plan
 
 REFERENCE_KEYS = {  # references §2: the keys of configuration-qemu-nvidia-gpu.toml upstream sets
     "hypervisor.qemu": "kernel image initrd rootfs_type machine_type firmware kernel_params default_vcpus "
@@ -65,7 +65,7 @@ def test_deploy_installs_versioned_files_behind_kata_names(
     assert not os.path.lexists(prefix / PUBLIC["image"])
     # The configuration: only keys Kata reads, naming the versioned files (one read, one version).
     config = tomllib.loads((prefix / PUBLIC["config"]).read_text())
-    assert deploy.unknown_kata_keys(config) == []
+    assert katarender.unknown_kata_keys(config) == []
     qemu = config["hypervisor"]["qemu"]
     assert qemu["kernel"] == os.path.realpath(prefix / PUBLIC["kernel"])
     assert qemu["initrd"] == os.path.realpath(prefix / PUBLIC["initrd"])
@@ -98,19 +98,18 @@ def test_deploy_installs_versioned_files_behind_kata_names(
 
 
 def test_known_keys_cover_the_reference_and_catch_typos() -> None:
-    known = deploy.known_kata_keys()
+    known = katarender.known_kata_keys()
     for table, keys in REFERENCE_KEYS.items():
         assert set(keys.split()) <= known[table], table
-    assert {s.key for s in deploy.KATA_SETTINGS} <= known["hypervisor.qemu"] | known["agent.kata"] | known[
-        "runtime"
-    ]
+    written = {s.key for s in katasettings.KATA_SETTINGS}
+    assert written <= known["hypervisor.qemu"] | known["agent.kata"] | known["runtime"]
     document = {
         "hypervisor": {"qemu": {"pcie_root_ports": 8, "kernel": "k"}},
         "agent": {"kata": {"dial_timeout": 1}},
         "runtime": {"create_container_timout": 5},
         "hypervisr": {"qemu": {}},
     }
-    assert sorted(deploy.unknown_kata_keys(document)) == [
+    assert sorted(katarender.unknown_kata_keys(document)) == [
         "hypervisor.qemu.pcie_root_ports",
         "hypervisr",
         "runtime.create_container_timout",
@@ -119,7 +118,7 @@ def test_known_keys_cover_the_reference_and_catch_typos() -> None:
 
 @given(st.text() | st.lists(st.text(max_size=5), max_size=3) | st.integers(0, 2**40) | st.booleans())
 def test_toml_values_round_trip(value: object) -> None:
-    assert tomllib.loads(f"k = {deploy.toml_value(value)}")["k"] == value
+    assert tomllib.loads(f"k = {katarender.toml_value(value)}")["k"] == value
 
 
 def test_rollback_restores_byte_for_byte_and_toggles(
@@ -389,7 +388,7 @@ def test_planner_sizes_the_config_for_the_h200_capture(
     text = (prefix / PUBLIC["config"]).read_text()
     qemu = tomllib.loads(text)["hypervisor"]["qemu"]
     want = plan.plan(os.fspath(H200_ROOT), None, 64 << 30).kata_settings()
-    assert set(want) == deploy.PLAN_KEYS  # the planner and deploy's table name the same keys
+    assert set(want) == katasettings.PLAN_KEYS  # the planner and deploy's table name the same keys
     assert {k: qemu[k] for k in want} == want
     assert qemu["default_memory"] == 65536 and qemu["pcie_root_port"] == 1
     assert "pcie_root_port = 1" in text and "(from guestctl plan)" in text

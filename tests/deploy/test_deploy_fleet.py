@@ -23,7 +23,8 @@ import pytest
 import yaml
 from deploy_harness import PUBLIC, make_build, observe
 
-from guestinit.host import deploy
+from guestinit.host import deploy, katarender
+from guestinit.host.katalayout import Layout
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -94,10 +95,10 @@ def test_daemonset_passes_the_api_servers_cross_field_rules() -> None:
 
 
 def test_fleet_agrees_with_what_deploy_writes() -> None:
-    layout = deploy.Layout(deploy.DEFAULT_PREFIX, deploy.DEFAULT_FLAVOUR)
-    assert (DEPLOY / "runtimeclass.yaml").read_bytes() == deploy.render_runtimeclass(layout)
+    layout = Layout(deploy.DEFAULT_PREFIX, deploy.DEFAULT_FLAVOUR)
+    assert (DEPLOY / "runtimeclass.yaml").read_bytes() == katarender.render_runtimeclass(layout)
     runtimeclass = load("runtimeclass.yaml")
-    runtimes = tomllib.loads(deploy.render_containerd(layout).decode())["plugins"][
+    runtimes = tomllib.loads(katarender.render_containerd(layout).decode())["plugins"][
         "io.containerd.grpc.v1.cri"
     ]
     assert runtimeclass["handler"] in runtimes["containerd"]["runtimes"]  # containerd knows the handler

@@ -1,0 +1,122 @@
+"""The build manifest (written by `guestctl build`) as deploy reads it, and its artifacts' checks."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from guestinit.host.atomicfs import sha256_file
+from guestinit.host.errors import DeployError
+
+SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+ROOTFS_KINDS = ("initrd", "image")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    kind: str
+    sha256: str
+    size: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class BuildManifest:
+    path: Path
+    raw: bytes
+    image: str
+    profile: str
+    version: str
+    built: str
+    kernel_version: str
+    kernel: Artifact
+    rootfs: Artifact
+
+
+def _field(doc: Mapping[str, Any], key: str, where: Path, kind: type = str) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise DeployError(
+            f"{where}: '{key}' is missing or not a {kind.__name__}: rebuild with `guestctl build`"
+        )
+    return value
+
+
+def load_manifest(path: Path) -> BuildManifest:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DeployError(
+            f"{path}: no build manifest there: run `guestctl build kata` or pass --manifest PATH"
+        ) from None
+    except OSError as exc:
+        raise DeployError(f"{path}: cannot read the build manifest ({exc.strerror})") from None
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{path}: not valid JSON ({exc}): rebuild with `guestctl build`") from None
+    if not isinstance(doc, dict):
+        raise DeployError(f"{path}: not a JSON object: rebuild with `guestctl build`")
+    version = _field(doc, "version", path)
+    if not SAFE_VERSION.match(version):
+        raise DeployError(
+            f"{path}: version {version!r} is not a safe file-name part ([A-Za-z0-9._+-]): rebuild"
+        )
+    entries = _field(doc, "artifacts", path, list)
+    found: dict[str, Artifact] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise DeployError(f"{path}: an 'artifacts' entry is not an object: rebuild with `guestctl build`")
+        name = _field(entry, "name", path)
+        kind = _field(entry, "kind", path)
+        sha = _field(entry, "sha256", path)
+        size = _field(entry, "size", path, int)
+        if "/" in name or name in (".", "..") or not name:
+            raise DeployError(f"{path}: artifact name {name!r} is not a plain file name: rebuild")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise DeployError(f"{path}: artifact {name}: sha256 {sha!r} is not 64 hex digits: rebuild")
+        if kind in found:
+            raise DeployError(
+                f"{path}: two artifacts of kind {kind!r}: a deploy takes one kernel and one image"
+            )
+        found[kind] = Artifact(name, kind, sha, size, path.parent / name)
+    if "kernel" not in found:
+        raise DeployError(f"{path}: no artifact of kind 'kernel': rebuild with `guestctl build`")
+    rootfs = [found[k] for k in ROOTFS_KINDS if k in found]
+    if len(rootfs) != 1:
+        raise DeployError(
+            f"{path}: need exactly one artifact of kind 'initrd' or 'image', found {len(rootfs)}"
+        )
+    return BuildManifest(
+        path=path,
+        raw=raw,
+        image=_field(doc, "image", path),
+        profile=str(doc.get("profile", "default")),
+        version=version,
+        built=str(doc.get("built", "unknown")),
+        kernel_version=str(doc.get("kernel_version") or "unknown"),
+        kernel=found["kernel"],
+        rootfs=rootfs[0],
+    )
+
+
+def verify_artifact(artifact: Artifact) -> None:
+    try:
+        size = artifact.path.stat().st_size
+        digest = sha256_file(artifact.path)
+    except FileNotFoundError:
+        raise DeployError(
+            f"{artifact.path}: missing (the manifest lists it): rebuild with `guestctl build`"
+        ) from None
+    except OSError as exc:
+        raise DeployError(f"{artifact.path}: cannot read it ({exc.strerror})") from None
+    if size != artifact.size or digest != artifact.sha256:
+        raise DeployError(
+            f"{artifact.path}: sha256 {digest[:16]}… ({size} bytes) does not match the manifest's "
+            f"{artifact.sha256[:16]}… ({artifact.size} bytes): it changed after the build, rebuild it"
+        )
