@@ -12,7 +12,7 @@ MKOSI_STAMP := $(TOOLS)/mkosi/.version
 VENV_STAMP := $(VENV)/.installed
 PROTO_STAMP := guestinit/fabric/proto/fabric_pb2.py
 HOST_PACKAGES := qemu-system-x86 qemu-utils cpio zstd kmod busybox-static erofs-utils libvirt-clients \
-	ovmf binutils gcc make debian-archive-keyring apt dpkg iproute2 libxml2-utils
+	ovmf binutils gcc make debian-archive-keyring apt dpkg iproute2 libxml2-utils reprepro
 PYTEST_ARGS ?=
 export GUESTINIT_CACHE := $(CACHE)
 
