@@ -410,13 +410,13 @@ def timeline(result: BootResult) -> list[dict[str, object]]:
 
 def format_timeline(result: BootResult) -> str:
     """The timeline as the human table ``guestctl boot`` prints."""
-    lines = [f"{'event':<30} {'host s':>9} {'guest s':>9} {'duration':>10}  detail"]
+    lines = [f"{'event':<36} {'host s':>9} {'guest s':>9} {'duration':>10}  detail"]
     for row in timeline(result):
         host = "" if row["host_s"] is None else f"{float(str(row['host_s'])):.3f}"
         guest = "" if row["guest_s"] is None else f"{float(str(row['guest_s'])):.3f}"
         duration = "" if row["duration_s"] is None else f"{float(str(row['duration_s'])) * 1000:.1f} ms"
         detail = "" if row["detail"] is None else _printable(str(row["detail"]))[:60]
-        lines.append(f"{str(row['event'])[:30]:<30} {host:>9} {guest:>9} {duration:>10}  {detail}".rstrip())
+        lines.append(f"{str(row['event'])[:36]:<36} {host:>9} {guest:>9} {duration:>10}  {detail}".rstrip())
     return "\n".join(lines)
 
 

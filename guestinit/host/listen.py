@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from guestinit.host.errors import UserError
 from guestinit.notify.framing import Framer, line_framer, serial_framer
@@ -357,7 +356,7 @@ class Listener:
                     f"socket path {path!r} already exists", hint="remove it or choose another path"
                 )
             os.unlink(path)  # a socket nobody listens on any more (a listener that was killed)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._paths.append(path)
         return path
 
