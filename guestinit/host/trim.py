@@ -17,6 +17,7 @@ import argparse
 import fnmatch
 import os
 import py_compile  # imported before trim_python() deletes unused modules, itself perhaps
+import shutil
 import struct
 import sys
 from collections.abc import Iterable
@@ -392,8 +393,12 @@ def trim_python(root: Path) -> tuple[int, int]:
     scan = [p for p in (root / "usr/lib/python3/dist-packages",) if p.is_dir()]
     if not stdlib.is_dir():
         raise FileNotFoundError(f"{stdlib} (run trim.py --python with the image's own python3)")
-    keep = python_closure(stdlib, scan)
     removed = 0
+    for tree in scan:  # packages' own test suites (psutil/tests) never run in an image
+        for tests in sorted(p for p in tree.glob("*/test*") if p.is_dir() and p.name in ("test", "tests")):
+            removed += sum(1 for f in tests.rglob("*") if not f.is_dir())
+            shutil.rmtree(tests)
+    keep = python_closure(stdlib, scan)
     for dirpath, dirnames, filenames in os.walk(stdlib, topdown=False):
         for name in filenames:
             path = Path(dirpath) / name

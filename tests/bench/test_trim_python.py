@@ -4,6 +4,7 @@ on a small tree laid out like an image (run by this interpreter, as the image's 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ def _tree(tmp_path: Path) -> tuple[Path, Path, Path]:
     dist = root / "usr/lib/python3/dist-packages"
     (stdlib / "lib-dynload").mkdir(parents=True)
     (stdlib / "zz_pkg").mkdir()
-    (dist / "app").mkdir(parents=True)
+    (dist / "app/tests").mkdir(parents=True)
     files = {
         # module-level chain: app.main -> zz_used -> zz_pkg.sub
         stdlib / "zz_used.py": "import zz_pkg.sub\nVALUE = zz_pkg.sub.X\n",
@@ -34,8 +35,11 @@ def _tree(tmp_path: Path) -> tuple[Path, Path, Path]:
         stdlib / "zz_doctest_only.py": "",
         stdlib / "zz_unused.py": "",
         dist / "app/__init__.py": "",
+        dist / "app/tests/__init__.py": "",
+        dist / "app/tests/test_app.py": "import zz_unused\n",
         dist / "app/main.py": "import zz_used\nimport zz_selftest\n\ndef later():\n    import zz_lazy\n",
-        dist / "app/run.py": "#!/usr/bin/python3\nimport app.main\nraise SystemExit('a script, never imported')\n",
+        dist
+        / "app/run.py": "#!/usr/bin/python3\nimport app.main\nraise SystemExit('a script, never imported')\n",
     }
     for path, text in files.items():
         path.write_text(text)
@@ -45,6 +49,7 @@ def _tree(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_closure_keeps_what_dist_packages_can_import(tmp_path: Path) -> None:
     _, stdlib, dist = _tree(tmp_path)
+    shutil.rmtree(dist / "app/tests")  # trim_python() removes it before the closure
     files = {p.relative_to(stdlib).as_posix() for p in trim.python_closure(stdlib, [dist], roots=())}
     assert {"zz_used.py", "zz_pkg/__init__.py", "zz_pkg/sub.py", "zz_lazy.py", "zz_lazy_dep.py"} <= files
     assert "zz_selftest.py" in files
@@ -53,7 +58,9 @@ def test_closure_keeps_what_dist_packages_can_import(tmp_path: Path) -> None:
 
 def test_direct_imports_resolve_relative_and_from_imports(tmp_path: Path) -> None:
     (tmp_path / "pkg/sub").mkdir(parents=True)
-    (tmp_path / "pkg/sub/m.py").write_text("from . import sibling\nfrom ..other import thing\nimport json.decoder\n")
+    (tmp_path / "pkg/sub/m.py").write_text(
+        "from . import sibling\nfrom ..other import thing\nimport json.decoder\n"
+    )
     names = trim.direct_imports(tmp_path)
     assert {"pkg.sub", "pkg.sub.sibling", "pkg.other", "pkg.other.thing", "json.decoder"} <= names
 
@@ -75,6 +82,7 @@ def test_trim_python_leaves_only_legacy_pycs(tmp_path: Path) -> None:
     assert (stdlib / "lib-dynload").is_dir()  # Python's exec-prefix landmark stays
     assert not list(root.rglob("__pycache__"))
     assert not (dist / "app/main.py").exists() and (dist / "app/main.pyc").exists()
+    assert not (dist / "app/tests").exists()  # a package's test suite is not shipped
     assert (dist / "app/run.py").exists()  # a script stays runnable by path
     # unchecked-hash pycs: flags word 0b01 (hash-based, source not checked)
     assert int.from_bytes((dist / "app/main.pyc").read_bytes()[4:8], "little") == 1
