@@ -291,3 +291,16 @@ def test_listener_survives_any_serial_stream(tmp_path: Path, chunks: list[bytes]
                     found = msg
         assert found is not None and found.fields == {"READY": "1", "X_PROBE": "end"}
         assert listener.counts["internal_errors"] == 0
+
+
+def test_guestctl_boot_vsock_addresses_agree() -> None:
+    """guestctl boot's vhost-vsock path: the guest is told vsock-stream:2:PORT (the host's CID)
+    and the host listens on vsock:PORT; argument construction itself is in test_qemu.py."""
+    from guestinit.host import qemu
+    from guestinit.notify.address import Target, parse_target
+
+    append = qemu.notify_append("vsock", 9123)
+    key, _, value = append.partition("=")
+    assert key == "guestinit.notify"
+    assert parse_target(value) == Target("vsock-stream", cid=2, port=9123)
+    assert parse_endpoint("vsock:9123") == Endpoint("vsock", port=9123)
