@@ -156,3 +156,31 @@ def test_verdict(fields: dict[str, str], code: int | None) -> None:
 def test_printable() -> None:
     assert printable("plain text é") == "plain text é"
     assert printable("a\tb\x00\u200b") == "a\\tb\\x00\\u200b"
+
+
+def test_systemd_guest_over_hybrid_vsock(tmp_path: Path) -> None:
+    """What a systemd guest sends to vmm.notify_socket (one stream connection per message, the
+    keys of references §3), arriving the Firecracker way; a failing one exits with its status."""
+    uds = tmp_path / "v.sock"
+    proc = start(f"hvsock:{uds}:8888", "--json", "--timeout", "20")
+    wait_for(tmp_path / "v.sock_8888", proc)
+    for message in (
+        b"X_SYSTEMD_HOSTNAME=guest\nX_SYSTEMD_MACHINE_ID=0123456789abcdef0123456789abcdef\n",
+        b"READY=1\nSTATUS=Startup finished\nX_SYSTEMD_UNIT_ACTIVE=multi-user.target\n",
+    ):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(tmp_path / "v.sock_8888"))
+            s.sendall(message)
+    out, _ = proc.communicate(timeout=10)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records[0]["fields"]["X_SYSTEMD_HOSTNAME"] == "guest"
+    assert records[1]["fields"]["X_SYSTEMD_UNIT_ACTIVE"] == "multi-user.target"
+    assert proc.returncode == 0
+
+    proc = start(f"hvsock:{uds}:8889", "--timeout", "20")
+    wait_for(tmp_path / "v.sock_8889", proc)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(tmp_path / "v.sock_8889"))
+        s.sendall(b"X_SYSTEMD_SHUTDOWN=poweroff\nEXIT_STATUS=5\n")
+    proc.communicate(timeout=10)
+    assert proc.returncode == 5
