@@ -8,7 +8,9 @@ firmware they load, nvidia-smi and nvidia-persistenced. The image is built once 
 
 from __future__ import annotations
 
+import errno
 import io
+import json
 import lzma
 import os
 import struct
@@ -215,3 +217,20 @@ def test_gpu_image_boots_to_ready_without_a_gpu(gpu_image: Path, tmp_path: Path)
     assert result.exit_status is None
     # No NVIDIA device on QEMU's bus: once topology detection reports a mode, it is cpu.
     assert result.notify.get("X_GUESTINIT_MODE", "cpu") == "cpu"
+    loaded = {m["name"] for m in json.loads(result.notify["X_GUESTINIT_MODULES"])}
+    assert not {"nvidia", "nvidia_uvm"} & loaded
+
+
+def test_the_image_kernel_links_and_runs_nvidia_ko(gpu_image: Path, tmp_path: Path) -> None:
+    """Forced to load nvidia without a GPU, the kernel accepts the module (vermagic, symbol
+    versions, every symbol resolved) and runs its init, which finds no device: ENODEV, where a
+    module built against other headers fails with ENOEXEC or ENOENT before any driver code."""
+    append = "guestinit.modules=nvidia-uvm"
+    result = boot(BootOptions(image=gpu_image, append=append, timeout_s=240, run_dir=tmp_path))
+    console = Path(result.console_log).read_text()
+    assert result.ready, f"{result.error}; console: {console[-2000:]}"
+    records = {m["name"]: m for m in json.loads(result.notify["X_GUESTINIT_MODULES"])}
+    assert records["nvidia"]["how"] == "failed"
+    assert f"[Errno {errno.ENODEV}] finit_module" in records["nvidia"]["error"]
+    assert "NVRM: No NVIDIA GPU found." in console
+    assert records["nvidia_uvm"]["how"] == "failed"  # never tried: its dependency failed
