@@ -328,8 +328,8 @@ def python_closure(stdlib: Path, scan: list[Path], roots: Iterable[str] = PYTHON
     for name in sorted(direct | set(modules)):
         try:
             finder.import_hook(name)
-        except (ImportError, SyntaxError):  # optional modules stay optional
-            continue
+        except (ImportError, SyntaxError, AttributeError):  # optional modules stay optional;
+            continue  # AttributeError: modulefinder meeting a namespace package
     files = {f for f in loaded if f.is_relative_to(stdlib)}
     for module in finder.modules.values():
         file = getattr(module, "__file__", None)
@@ -386,14 +386,25 @@ def sourceless(tree: Path, files: Iterable[Path] | None = None, keep_scripts: bo
         source.unlink()
 
 
-def trim_python(root: Path) -> tuple[int, int]:
+def trim_python(root: Path, drop: list[str] | None = None) -> tuple[int, int]:
     """Inside the image (root "/"), with its own interpreter: keep the standard-library closure
-    of dist-packages, all of it as legacy .pyc. Returns (stdlib files kept, files removed)."""
+    of dist-packages, all of it as legacy .pyc. ``drop``: a keep-list's "-" patterns, applied
+    to the Python trees first, so what the final trim removes imports nothing here.
+    Returns (stdlib files kept, files removed)."""
     stdlib = root / f"usr/lib/python{sys.version_info.major}.{sys.version_info.minor}"
     scan = [p for p in (root / "usr/lib/python3/dist-packages",) if p.is_dir()]
     if not stdlib.is_dir():
         raise FileNotFoundError(f"{stdlib} (run trim.py --python with the image's own python3)")
     removed = 0
+    for tree in (stdlib, *scan):
+        for path in sorted(tree.rglob("*"), reverse=True):  # children before their folder
+            rel = os.path.relpath(path, root)
+            if path.is_dir() and not path.is_symlink():
+                if drop and not any(path.iterdir()):
+                    path.rmdir()  # an emptied package must not import as a namespace package
+            elif drop and _match(rel, drop):
+                path.unlink()
+                removed += 1
     for tree in scan:  # packages' own test suites (psutil/tests) never run in an image
         for tests in sorted(p for p in tree.glob("*/test*") if p.is_dir() and p.name in ("test", "tests")):
             removed += sum(1 for f in tests.rglob("*") if not f.is_dir())
@@ -423,14 +434,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--python",
         action="store_true",
-        help="inside the image: trim its Python to what dist-packages imports",
+        help="inside the image: trim its Python to what dist-packages imports (KEEP_LIST: its "
+        '"-" lines are applied first)',
     )
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"trim: {args.root} is not a directory: give the image root", file=sys.stderr)
         return 2
     if args.python:
-        kept, removed = trim_python(args.root)
+        drop = read_keep_list(args.keep_list)[1] if args.keep_list is not None else []
+        kept, removed = trim_python(args.root, drop)
         print(f"trim: kept {kept} standard-library modules (as .pyc), removed {removed} files")
         return 0
     if args.keep_list is None:

@@ -95,3 +95,21 @@ def test_trim_python_leaves_only_legacy_pycs(tmp_path: Path) -> None:
         check=True,
     )
     assert out.stdout.strip() == "1"
+
+
+def test_keep_list_drops_apply_before_the_closure(tmp_path: Path) -> None:
+    root, stdlib, dist = _tree(tmp_path)
+    (dist / "app/_other_os.py").write_text("import zz_unused\n")
+    (dist / "app/colour.py").write_text(
+        "def paint():\n    import zz_pkg\n"
+    )  # a lazy import of a dropped package
+    keep = tmp_path / "keep.list"
+    keep.write_text(
+        "usr/lib/python3/dist-packages/**\n-usr/lib/python3/dist-packages/app/_other_os.*\n"
+        f"-usr/lib/{VERSION}/zz_pkg/**\n"
+    )
+    assert trim.main([os.fspath(root), os.fspath(keep), "--python"]) == 0
+    assert not (dist / "app/_other_os.py").exists() and not (dist / "app/_other_os.pyc").exists()
+    assert not (stdlib / "zz_unused.pyc").exists()
+    assert (stdlib / "zz_used.pyc").exists()
+    assert not (stdlib / "zz_pkg").exists()  # emptied, so it cannot import as a namespace package
