@@ -11,7 +11,7 @@ import json
 import os
 
 from guestinit import __version__
-from guestinit.init import modules, mounts, params, services, settings, tomlfiles
+from guestinit.init import modules, mounts, net, params, services, settings, tomlfiles
 from guestinit.init.clock import Phase, Timeline, boottime, kernel_log_stamp
 from guestinit.init.kmsg import LEVELS, Log
 from guestinit.init.loop import Loop
@@ -87,6 +87,12 @@ def early(state: BootState) -> None:
         log.reopen(root("/dev/kmsg"))
         if state.exec_s is None and root.is_real:
             state.exec_s = kernel_log_stamp("Run /init as init process", root("/dev/kmsg"))
+        if root.is_real:
+            try:
+                net.interface_up("lo")
+            except OSError as exc:
+                log.warning(f"loopback: {exc}")
+                state.problems.append("lo not up")
     with state.timeline.phase("cmdline"):
         state.toml_cache = tomlfiles.read_cache(root) if root.exists(tomlfiles.CONFIG_DIR) else {}
         image = settings.load(root, state.toml_cache)
@@ -170,6 +176,7 @@ def ready_message(state: BootState) -> dict[str, str]:
         "X_GUESTINIT_MODULES": json.dumps([r.as_dict() for r in state.module_results], separators=(",", ":")),
         "X_GUESTINIT_KERNEL": os.uname().release,
         "X_GUESTINIT_DEGRADED": ",".join(degraded),
+        "X_GUESTINIT_REAPED": f"{state.reaper.reaped}" if state.reaper.reaped else "",
         "X_GUESTINIT_SERVICES": json.dumps(state.supervisor.summary(), separators=(",", ":"))
         if state.supervisor is not None and state.supervisor.services
         else "",

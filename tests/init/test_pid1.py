@@ -308,3 +308,19 @@ def test_orphan_storm_every_child_reaped(tmp_path: Path) -> None:
         signals.close()
         loop.close()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def test_loopback_brought_up(tmp_path: Path) -> None:
+    """In a fresh network namespace lo starts down, as in a guest before init: bring it up."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "import socket\n"
+        "from guestinit.init import net\n"
+        "first, second = net.interface_up('lo'), net.interface_up('lo')\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "socket.create_connection(s.getsockname(), timeout=2).close()\n"
+        "print(first, second)\n"
+    )
+    out = subprocess.run(["unshare", "-n", sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]  # brought up once; already up the second time

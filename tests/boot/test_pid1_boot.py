@@ -1,0 +1,330 @@
+"""guestinit as a complete PID 1 in QEMU: services added by an extra initrd (as an operator adds
+them to a stock image), readiness, supervision, failing closed, the orphan storm, and the
+ACPI power button (QMP system_powerdown) leading to an ordered shutdown.
+
+Service programs are Python scripts (the image has python3 but no shell). Their stdout reaches
+the console through /dev/kmsg (``loglevel=7``), which is how these tests read what a service
+measured inside the guest."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from guestinit.host.boot import BootOptions, BootResult, boot
+
+pytestmark = pytest.mark.boot
+
+SERVICES = "etc/guestinit/services.d"
+
+
+def cpio(tmp_path: Path, files: dict[str, tuple[str, int]]) -> Path:
+    """A newc archive of {guest path: (text, mode)}; guestctl boot compresses it to match."""
+    tree = tmp_path / "extra"
+    for rel, (text, mode) in files.items():
+        path = tree / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+        path.chmod(mode)
+    names = sorted({str(p.relative_to(tree)) for p in tree.rglob("*")})
+    out = tmp_path / "extra.cpio"
+    with open(out, "wb") as f:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--owner=0:0", "--quiet"],
+            input="\n".join(names).encode(),
+            cwd=tree,
+            stdout=f,
+            check=True,
+        )
+    return out
+
+
+def service(text: str) -> tuple[str, int]:
+    return (text, 0o644)
+
+
+def program(code: str) -> tuple[str, int]:
+    return ("#!/usr/bin/python3\n" + textwrap.dedent(code).lstrip(), 0o755)
+
+
+def console_json(result: BootResult, tag: str) -> dict[str, object]:
+    text = Path(result.console_log).read_text(errors="replace")
+    match = re.search(rf"{tag} (\{{.*\}})\s*$", text, re.MULTILINE)
+    assert match, f"no {tag} line on the console:\n{text[-4000:]}"
+    loaded = json.loads(match.group(1))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def why(result: BootResult) -> str:
+    return (
+        f"{result.error}; status {result.status!r}; console:\n"
+        + Path(result.console_log).read_text(errors="replace")[-4000:]
+    )
+
+
+# alpha (Unix socket) <- beta (TCP, runs as nobody, checks its own surroundings) <- gamma (log
+# line; ignores SIGTERM, so stopping it needs SIGKILL).
+ORDERED = {
+    f"{SERVICES}/alpha.toml": service("""
+        command = ["/usr/local/bin/svc", "alpha"]
+        ready = { socket = "/run/alpha.sock" }
+        """),
+    f"{SERVICES}/beta.toml": service("""
+        command = ["/usr/local/bin/svc", "beta"]
+        after = ["alpha"]
+        user = "nobody"
+        environment = { ROLE = "beta" }
+        oom_score_adj = 250
+        rlimit_nofile = 4096
+        ready = { tcp = "127.0.0.1:7070" }
+        """),
+    f"{SERVICES}/gamma.toml": service("""
+        command = ["/usr/local/bin/svc", "gamma"]
+        after = ["beta"]
+        ready = { log = "gamma serving" }
+        stop_timeout = 1
+        """),
+    "usr/local/bin/svc": program("""
+        import json, os, resource, signal, socket, sys
+        role = sys.argv[1]
+        def bye(*_):
+            print(f"{role} got SIGTERM", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if role == "gamma" else bye)
+        if role == "alpha":
+            s = socket.socket(socket.AF_UNIX)
+            s.bind("/run/alpha.sock")
+        elif role == "beta":
+            status = dict(line.split(":\\t", 1) for line in open("/proc/self/status"))
+            mounts = {f[1]: f[3].split(",") for f in (l.split() for l in open("/proc/self/mounts"))}
+            facts = {
+                "env": dict(os.environ),
+                "uid": os.getuid(), "gid": os.getgid(),
+                "sigblk": status["SigBlk"].strip(),
+                "oom": int(open("/proc/self/oom_score_adj").read()),
+                "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                "modules_disabled": open("/proc/sys/kernel/modules_disabled").read().strip(),
+                "mounts": {m: mounts.get(m) for m in ("/proc", "/sys", "/dev", "/run", "/tmp", "/dev/shm")},
+            }
+            print("CHECK " + json.dumps(facts), flush=True)
+            s = socket.socket()
+            s.bind(("127.0.0.1", 7070))
+        else:
+            print("gamma serving", flush=True)
+            while True:
+                signal.pause()
+        s.listen()
+        while True:
+            s.accept()[0].close()
+        """),
+}
+
+
+def test_three_services_then_powerdown_stops_them_in_reverse_order(kata_image: Path, tmp_path: Path) -> None:
+    extra = cpio(tmp_path, ORDERED)
+    result = boot(
+        BootOptions(
+            image=kata_image,
+            extra_initrd=[extra],
+            append="loglevel=7 guestinit.lockdown=on",
+            timeout_s=180,
+            shutdown=True,
+            shutdown_timeout_s=30,
+            run_dir=tmp_path / "run",
+        )
+    )
+    assert result.ready, why(result)
+    services = {s["name"]: s for s in json.loads(result.notify["X_GUESTINIT_SERVICES"])}
+    assert {n: s["state"] for n, s in services.items() if n != "kata-agent"} == dict.fromkeys(
+        ("alpha", "beta", "gamma"), "ready"
+    )
+    assert services["kata-agent"]["state"] == "skipped"  # no binary in this image
+    assert services["alpha"]["ready_s"] <= services["beta"]["start_s"]
+    assert services["beta"]["ready_s"] <= services["gamma"]["start_s"]
+    assert "X_GUESTINIT_DEGRADED" not in result.notify
+    # secure defaults, as the service sees them
+    facts = console_json(result, "CHECK")
+    assert facts["env"] == {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/nonexistent",
+        "USER": "nobody",
+        "LOGNAME": "nobody",
+        "LANG": "C.UTF-8",
+        "ROLE": "beta",
+    }
+    assert (facts["uid"], facts["gid"]) == (65534, 65534)
+    assert facts["sigblk"] == "0000000000000000"
+    assert (facts["oom"], facts["nofile"]) == (250, 4096)
+    assert facts["modules_disabled"] == "1"
+    mounts = facts["mounts"]
+    assert isinstance(mounts, dict)
+    for target in ("/proc", "/sys"):
+        assert {"nosuid", "nodev", "noexec"} <= set(mounts[target]), (target, mounts[target])
+    for target in ("/run", "/tmp", "/dev/shm"):
+        assert {"nosuid", "nodev"} <= set(mounts[target]), (target, mounts[target])
+    assert {"nosuid", "noexec"} <= set(mounts["/dev"])
+    # the ACPI power button: services stopped in reverse order, the last one killed
+    assert result.error == "", why(result)
+    assert result.shutdown_s is not None and result.shutdown_s < 10.0, why(result)
+    assert result.qemu_exit == 0
+    assert result.notify.get("X_SYSTEMD_SHUTDOWN") == "poweroff"
+    assert "power button" in result.notify["STATUS"]
+    stopped = json.loads(result.notify["X_GUESTINIT_STOPPED"])
+    assert [s["name"] for s in stopped] == ["gamma", "beta", "alpha"]
+    assert [s["how"] for s in stopped] == ["SIGKILL", "SIGTERM", "SIGTERM"]
+    exec_s = float(result.notify["X_GUESTINIT_EXEC_S"])
+    assert result.uptime_at_ready_s is not None
+    print(
+        f"\nthree services: exec->READY {result.uptime_at_ready_s - exec_s:.3f} s "
+        f"(uptime at READY {result.uptime_at_ready_s:.3f} s); "
+        f"system_powerdown -> QEMU exit {result.shutdown_s:.3f} s"
+    )
+
+
+STORM = {
+    f"{SERVICES}/crasher.toml": service("""
+        command = ["/usr/local/bin/crash"]
+        ready = { file = "/run/never" }
+        restart = "on-failure"
+        max_restarts = 2
+        """),
+    "usr/local/bin/crash": program("""
+        import sys
+        print("crashing on purpose", flush=True)
+        sys.exit(3)
+        """),
+    f"{SERVICES}/storm.toml": service("""
+        command = ["/usr/local/bin/storm"]
+        ready = { log = "^storm done" }
+        ready_timeout = 300
+        """),
+    # Fork 1,000 children from a process that then exits: they are re-parented to PID 1. They
+    # block on a pipe until it closes, so all exit at the same moment, after the re-parenting.
+    # Sampling /proc, measure how long any of them stays a zombie (upper bound: first seen as
+    # Z to first seen gone).
+    "usr/local/bin/storm": program("""
+        import json, os, time
+        N = 1000
+        now = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)
+        def stat(p):
+            return open(f"/proc/{p}/stat").read().rsplit(") ", 1)[1].split()
+        go_r, go_w = os.pipe()
+        pids_r, pids_w = os.pipe()
+        start = now()
+        if os.fork() == 0:
+            os.close(go_w)
+            os.close(pids_r)
+            pids = []
+            for _ in range(N):
+                pid = os.fork()
+                if pid == 0:
+                    os.close(pids_w)
+                    os.read(go_r, 1)  # returns at EOF, when the storm's parent closes go_w
+                    os._exit(0)
+                pids.append(pid)
+            os.write(pids_w, json.dumps(pids).encode())
+            os._exit(0)
+        os.close(go_r)
+        os.close(pids_w)
+        data = b""
+        while chunk := os.read(pids_r, 65536):
+            data += chunk
+        pids = json.loads(data)
+        os.wait()
+        forked = now()
+        orphans = sum(1 for p in pids if int(stat(p)[1]) == 1)
+        release = now()
+        os.close(go_w)
+        first_z, gone = {}, {}
+        sweeps = 0
+        while len(gone) < N and now() < release + 60:
+            sweeps += 1
+            for p in pids:
+                if p in gone:
+                    continue
+                t = now()
+                try:
+                    state = stat(p)[0]
+                except OSError:
+                    gone[p] = t
+                    continue
+                if state == "Z":
+                    first_z.setdefault(p, t)
+            time.sleep(0.005)
+        ages = [gone[p] - first_z[p] for p in first_z if p in gone]
+        print("STORM " + json.dumps({
+            "forked": len(pids), "orphans_of_init": orphans, "fork_s": round(forked - start, 3),
+            "gone": len(gone), "seen_as_zombie": len(first_z), "sweeps": sweeps,
+            "max_zombie_s": round(max(ages, default=0.0), 3),
+            "all_gone_after_release_s": round(max(gone.values()) - release, 3) if gone else None,
+        }), flush=True)
+        print("storm done", flush=True)
+        while True:
+            time.sleep(3600)
+        """),
+}
+
+
+def test_crash_loop_gives_up_degraded_and_orphan_storm_reaped(kata_image: Path, tmp_path: Path) -> None:
+    result = boot(
+        BootOptions(
+            image=kata_image,
+            extra_initrd=[cpio(tmp_path, STORM)],
+            append="loglevel=7",
+            timeout_s=400,
+            shutdown=True,
+            shutdown_timeout_s=30,
+            run_dir=tmp_path / "run",
+        )
+    )
+    assert result.ready, why(result)
+    assert result.notify["X_GUESTINIT_DEGRADED"] == "crasher"
+    services = {s["name"]: s for s in json.loads(result.notify["X_GUESTINIT_SERVICES"])}
+    assert services["crasher"]["state"] == "failed" and services["crasher"]["restarts"] == 2
+    assert "exited with 3 before it was ready; gave up after 2 restarts" in services["crasher"]["error"]
+    console = Path(result.console_log).read_text(errors="replace")
+    assert console.count("crasher[") >= 3 and "crashing on purpose" in console
+    storm = console_json(result, "STORM")
+    assert storm["forked"] == 1000 and storm["orphans_of_init"] == 1000 and storm["gone"] == 1000, storm
+    assert isinstance(storm["max_zombie_s"], float) and storm["max_zombie_s"] < 1.0, storm
+    assert int(result.notify["X_GUESTINIT_REAPED"]) >= 1000
+    assert result.shutdown_s is not None, why(result)
+    print(f"\norphan storm: {storm}; reaped by init {result.notify['X_GUESTINIT_REAPED']}")
+
+
+def test_critical_failure_reaches_host_and_the_vm_powers_off(kata_image: Path, tmp_path: Path) -> None:
+    files = {
+        f"{SERVICES}/agent.toml": service("""
+            command = ["/usr/local/bin/agent"]
+            after = ["*"]
+            critical = true
+            ready = { file = "/run/agent.ready" }
+            """),
+        "usr/local/bin/agent": program("""
+            import sys
+            print("agent: cannot start", flush=True)
+            sys.exit(1)
+            """),
+    }
+    result = boot(
+        BootOptions(
+            image=kata_image,
+            extra_initrd=[cpio(tmp_path, files)],
+            timeout_s=180,
+            shutdown_timeout_s=30,
+            run_dir=tmp_path / "run",
+        )
+    )
+    assert not result.ready
+    assert result.exit_status == 2, why(result)
+    assert result.status == "failed: critical service agent failed: exited with 1 before it was ready"
+    assert result.failed_exit_s is not None and result.failed_exit_s < 5.0, why(result)  # powered itself off
+    assert result.qemu_exit == 0
+    assert result.notify.get("X_SYSTEMD_SHUTDOWN") == "poweroff"
+    print(f"\ncritical failure: EXIT_STATUS -> QEMU exit {result.failed_exit_s:.3f} s")
