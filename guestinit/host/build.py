@@ -185,8 +185,22 @@ def _save_to_cache(out: Path, cached: Path) -> None:
     os.replace(tmp, cached)
 
 
+def mkosi_cache_name(spec: ImageSpec, profile: str) -> str:
+    """mkosi 25.3 keys its image cache by distribution~release~arch only: every image and
+    profile with other packages needs its own directory, or each build discards (or, run at
+    the same time, collides with) the other's cache."""
+    if spec.name == "kata":
+        return "cache" if profile == "default" else f"cache-{profile}"
+    return f"cache-{spec.name}" + ("" if profile == "default" else f"-{profile}")
+
+
 def mkosi_command(
-    root: Path, spec: ImageSpec, profile: str, out: Path, extra_env: dict[str, str]
+    root: Path,
+    spec: ImageSpec,
+    profile: str,
+    out: Path,
+    extra_env: dict[str, str],
+    volatile_packages: Path | None = None,
 ) -> list[str]:
     cache = cache_dir()
     argv = [
@@ -198,16 +212,17 @@ def mkosi_command(
         "--output-directory",
         os.fspath(out),
         "--cache-directory",
-        # mkosi 25.3 keys its image cache by distribution~release~arch only: a profile with
-        # other packages needs its own directory, or each build discards the other's cache.
-        os.fspath(cache / "mkosi" / ("cache" if profile == "default" else f"cache-{profile}")),
+        os.fspath(cache / "mkosi" / mkosi_cache_name(spec, profile)),
         "--package-cache-dir",
         os.fspath(cache / "mkosi" / "packages"),
         "--manifest-format",
         "json",
     ]
     if profile != "default":
-        argv += ["--profile", profile]
+        # the profile's compile cache (e.g. NVIDIA's modules) lives beside the image cache
+        argv += ["--profile", profile, "--build-directory", os.fspath(cache / "mkosi" / f"build-{profile}")]
+    if volatile_packages is not None:
+        argv += ["--volatile-package-directory", os.fspath(volatile_packages)]
     for key, value in sorted(extra_env.items()):
         argv += ["--environment", f"{key}={value}"]
     argv += ["-f", "build"]
@@ -220,8 +235,10 @@ def build(
     if_needed: bool = False,
     extra_env: dict[str, str] | None = None,
     log: TextIO = sys.stderr,
+    packages: Path | None = None,
 ) -> Path:
-    """Build (or reuse) one image; returns its manifest path."""
+    """Build (or reuse) one image; returns its manifest path. ``packages`` is a directory of
+    user-supplied .deb files (NVIDIA's fabricmanager and nscq for the service VM)."""
     if name not in IMAGES:
         raise UserError(f"unknown image {name!r}", hint=f"choose one of {', '.join(IMAGES)}")
     spec = IMAGES[name]
@@ -230,7 +247,23 @@ def build(
         raise UserError(f"image {name} has no profile {profile!r}", hint=f"choose one of {choices}")
     root = repo_root()
     extra_env = dict(extra_env or {})
-    digest = input_digest(root, spec, profile, extra_env)
+    digest_env = dict(extra_env)
+    if packages is not None:
+        debs = sorted(packages.glob("*.deb")) if packages.is_dir() else []
+        if not debs:
+            raise UserError(
+                f"package directory {packages} holds no .deb files",
+                hint="give the folder with NVIDIA's nvidia-fabricmanager and libnvidia-nscq .deb files",
+            )
+        packages = packages.resolve()
+        digest_env["packages"] = ",".join(f"{d.name}:{sha256_file(d)}" for d in debs)
+    elif spec.name == "servicevm":
+        _say(
+            log,
+            "servicevm: no --fabricmanager DIR given; building without NVIDIA fabricmanager "
+            "(no registry here has it): the VM boots with X_GUESTINIT_DEGRADED=fabricmanager",
+        )
+    digest = input_digest(root, spec, profile, digest_env)
     out = output_dir(root, spec, profile)
     cached = cache_dir() / "images" / out.name
     if if_needed:
@@ -244,7 +277,7 @@ def build(
         raise UserError(
             "mkosi 25.3 is not installed in ~/.cache/guestinit/tools", hint="run `make setup` first"
         )
-    argv = mkosi_command(root, spec, profile, out, extra_env)
+    argv = mkosi_command(root, spec, profile, out, extra_env, packages)
     env = dict(os.environ, PYTHONPATH=os.fspath(mkosi_python_path()))
     _say(log, f"$ PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}")
     out.mkdir(parents=True, exist_ok=True)

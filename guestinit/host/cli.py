@@ -22,7 +22,12 @@ def _build(args: argparse.Namespace) -> int:
                 f"--env {item!r} is not KEY=VALUE", hint="e.g. --env GUESTINIT_FABRICMANAGER=/path"
             )
         env[key] = value
-    build(args.image, args.profile, if_needed=args.if_needed, extra_env=env)
+    packages = Path(args.fabricmanager) if args.fabricmanager else None
+    if packages is not None and args.image != "servicevm":
+        raise UserError(
+            "--fabricmanager is for the servicevm image", hint="guestctl build servicevm --fabricmanager DIR"
+        )
+    build(args.image, args.profile, if_needed=args.if_needed, extra_env=env, packages=packages)
     return 0
 
 
@@ -107,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             "--if-needed", action="store_true", help="reuse build/ or the cache when inputs are unchanged"
         )
         p.add_argument("--env", action="append", metavar="KEY=VALUE", help="pass to mkosi scripts")
+        p.add_argument(
+            "--fabricmanager",
+            metavar="DIR",
+            help="servicevm: folder with NVIDIA's nvidia-fabricmanager / libnvidia-nscq .deb files",
+        )
         p.set_defaults(func=_build)
         p = sub.add_parser("boot", help="boot an image in QEMU, wait for READY, print the timeline")
         p.add_argument("image", nargs="?", default="build/kata/guestinit-kata.cpio.zst")
