@@ -51,7 +51,7 @@ def test_bad_image_profile_and_package_dir(tmp_path: Path) -> None:
         build.build("nope", log=io.StringIO())
     with pytest.raises(UserError, match="no profile 'gpu'"):
         build.build("servicevm", "gpu", log=io.StringIO())
-    with pytest.raises(UserError, match="holds no .deb files"):
+    with pytest.raises(UserError, match=r"holds no \.deb files"):
         build.build("servicevm", packages=tmp_path, log=io.StringIO())
 
 
