@@ -105,6 +105,9 @@ def _child(
                 signal.signal(sig, signal.SIG_DFL)
         step = "setsid"
         os.setsid()
+        if os.getpriority(os.PRIO_PROCESS, 0) != 0:
+            step = "nice"
+            os.setpriority(os.PRIO_PROCESS, 0, 0)  # a service starts at the default weight
         step = "stdio"
         null = os.open("/dev/null", os.O_RDWR)
         os.dup2(null, 0)
