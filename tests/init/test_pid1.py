@@ -324,3 +324,19 @@ def test_loopback_brought_up(tmp_path: Path) -> None:
     out = subprocess.run(["unshare", "-n", sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "False"]  # brought up once; already up the second time
+
+
+def test_failure_after_ready_updates_the_host(guest: Guest) -> None:
+    """A non-critical service that dies after READY (and may not restart) is reported at once."""
+    code = "import time; print('up', flush=True); time.sleep(1); exit(4)"
+    guest.service("worker", f'command = {json.dumps([PY, "-c", code])}\nready = {{ log = "up" }}\n')
+    guest.start()
+    ready = guest.wait_for("READY")
+    assert "X_GUESTINIT_DEGRADED" not in ready
+    update = guest.wait_for("X_GUESTINIT_DEGRADED")
+    assert update["X_GUESTINIT_DEGRADED"] == "worker"
+    assert update["STATUS"] == "degraded: worker (worker: exited with 4)"
+    assert guest.proc is not None
+    os.kill(guest.proc.pid, signal.SIGTERM)
+    guest.wait_for("X_SYSTEMD_SHUTDOWN")
+    guest.finish()
