@@ -322,3 +322,64 @@ def test_critical_failure_reaches_host_and_the_vm_powers_off(kata_image: Path, t
     assert result.qemu_exit == 0
     assert result.notify.get("X_SYSTEMD_SHUTDOWN") == "poweroff"
     print(f"\ncritical failure: EXIT_STATUS -> QEMU exit {result.failed_exit_s:.3f} s")
+
+
+def test_ctrl_alt_del_is_the_same_clean_shutdown(kata_image: Path, tmp_path: Path) -> None:
+    """QMP send-key ctrl-alt-delete: the kernel (CAD disabled by init) sends SIGINT to PID 1.
+    guestctl boot has no key option, so this drives QEMU with the same pieces it uses."""
+    import subprocess as sp
+    import time
+
+    from guestinit.host import qemu
+    from guestinit.host.boot import DEFAULT_APPEND, combine_initrd, resolve_kernel
+    from guestinit.host.listen import Listener
+
+    initrd = combine_initrd(kata_image, [cpio(tmp_path, ORDERED)], tmp_path / "initrd.img")
+    cfg = qemu.QemuConfig(
+        kernel=resolve_kernel(kata_image, None),
+        initrd=initrd,
+        append=f"{DEFAULT_APPEND} {qemu.notify_append('serial')}",
+        accel="tcg",
+        memory_mb=2048,
+        cpus=2,
+        transport="serial",
+        notify_socket=tmp_path / "n.sock",
+        vsock_cid=3,
+        qmp_socket=tmp_path / "q.sock",
+        console_log=tmp_path / "console.log",
+        binary=qemu.find_qemu(),
+    )
+    listener = Listener([f"serial:{tmp_path / 'n.sock'}"]).start()
+    proc = sp.Popen(qemu.qemu_argv(cfg), stdout=sp.DEVNULL, stderr=sp.STDOUT)
+    messages: list[dict[str, str]] = []
+
+    def until(done: object, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = listener.get(timeout=0.1)
+            if msg is not None:
+                messages.append(msg.fields)
+            if callable(done) and done():
+                return True
+        return False
+
+    try:
+        assert until(lambda: any(m.get("READY") == "1" for m in messages), 180), messages
+        q = qemu.QMP(tmp_path / "q.sock", timeout_s=5)
+        q.command("send-key", keys=[{"type": "qcode", "data": k} for k in ("ctrl", "alt", "delete")])
+        q.close()
+        start = time.monotonic()
+        assert until(lambda: proc.poll() is not None, 30), messages
+        took = time.monotonic() - start
+        until(lambda: False, 0.3)  # what arrived just before the exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.close()
+    assert proc.returncode == 0
+    final = next(m for m in messages if "X_SYSTEMD_SHUTDOWN" in m)
+    assert final["X_SYSTEMD_SHUTDOWN"] == "poweroff"
+    assert "signal SIGINT from pid 0" in final["STATUS"]  # pid 0: the kernel
+    assert [s["name"] for s in json.loads(final["X_GUESTINIT_STOPPED"])] == ["gamma", "beta", "alpha"]
+    print(f"\nctrl-alt-delete -> QEMU exit {took:.3f} s")
