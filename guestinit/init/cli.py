@@ -45,6 +45,9 @@ def tool(argv: list[str]) -> int:
     p_params.add_argument("--markdown", action="store_true", help="print the generated reference")
     p_parse = sub.add_parser("parse-cmdline", help="parse a kernel command line and print the values")
     p_parse.add_argument("cmdline", nargs="?", help="the command line (default: /proc/cmdline)")
+    # routed above to their own parsers; listed here so --help shows them
+    sub.add_parser("probe", help="read-only report of GPUs, BARs, hugepages and the mode (see probe --help)")
+    sub.add_parser("services", help="check and document service files (see services --help)")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(__version__)
