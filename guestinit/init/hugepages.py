@@ -5,6 +5,7 @@ one NUMA node (``1G:2@0,1G:2@1``). 1 GiB pages are reserved before 2 MiB ones (t
 contiguous memory, which only gets scarcer). The kernel may give fewer pages than asked: the
 count it really holds is read back and a shortfall is reported, never fatal.
 ``guestinit.thp=always|madvise|never`` sets transparent hugepages (``keep``: leave it).
+Both keys, their parsers and ``Request`` live in gpu_params (part of the one key table).
 """
 
 from __future__ import annotations
@@ -12,24 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from guestinit.init.params import Param, ParamError
+from guestinit.init.gpu_params import Request, size_name
 from guestinit.init.root import Root
 
 GLOBAL_DIR = "/sys/kernel/mm/hugepages"
 NODE_DIR = "/sys/devices/system/node"
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
-THP_MODES = ("keep", "always", "madvise", "never")
-
-_SIZE = re.compile(r"^(\d+)\s*([kKmMgG])(?:i?[bB])?$")
-_UNITS = {"k": 1, "m": 1 << 10, "g": 1 << 20}
-
-
-def size_name(kb: int) -> str:
-    if kb % (1 << 20) == 0:
-        return f"{kb >> 20}G"
-    if kb % (1 << 10) == 0:
-        return f"{kb >> 10}M"
-    return f"{kb}K"
 
 
 @dataclass(frozen=True)
@@ -120,65 +109,6 @@ def thp(root: Root) -> dict[str, str | None]:
         "enabled": parse_bracketed(root.read_text(f"{THP_DIR}/enabled", "")),
         "defrag": parse_bracketed(root.read_text(f"{THP_DIR}/defrag", "")),
     }
-
-
-@dataclass(frozen=True)
-class Request:
-    size_kb: int
-    count: int
-    node: int | None = None
-
-    def __str__(self) -> str:
-        at = f"@{self.node}" if self.node is not None else ""
-        return f"{size_name(self.size_kb)}:{self.count}{at}"
-
-
-def parse_size_kb(text: str) -> int:
-    m = _SIZE.match(text.strip())
-    if not m:
-        raise ParamError(f"{text!r} is not a page size (use 2M or 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
-
-
-def parse_requests(text: str) -> tuple[Request, ...]:
-    """'2M:512,1G:4@0' -> requests; raises ParamError naming the bad item."""
-    out: list[Request] = []
-    for item in (p.strip() for p in text.split(",")):
-        if not item:
-            continue
-        size_text, sep, rest = item.partition(":")
-        if not sep:
-            raise ParamError(f"{item!r} is not SIZE:COUNT[@NODE] (e.g. 2M:512 or 1G:4@0)")
-        count_text, at, node_text = rest.partition("@")
-        size_kb = parse_size_kb(size_text)
-        if not count_text.isdigit():
-            raise ParamError(f"{item!r}: count {count_text!r} is not a whole number")
-        if at and not node_text.isdigit():
-            raise ParamError(f"{item!r}: NUMA node {node_text!r} is not a whole number")
-        out.append(Request(size_kb, int(count_text), int(node_text) if at else None))
-    keys = [(r.size_kb, r.node) for r in out]
-    for r in out:
-        if keys.count((r.size_kb, r.node)) > 1:
-            raise ParamError(f"{r} is given twice")
-        if r.node is not None and (r.size_kb, None) in keys:
-            raise ParamError(f"{size_name(r.size_kb)} is given both system-wide and per node: use one form")
-    return tuple(out)
-
-
-def parse_thp(text: str) -> str:
-    if text not in THP_MODES:
-        raise ParamError(f"{text!r} is not one of {', '.join(THP_MODES)}")
-    return text
-
-
-# fmt: off
-PARAMS: tuple[Param, ...] = (
-    Param("hugepages", "SIZE:COUNT[@NODE],...", parse_requests, (),
-          "Hugepages to reserve at boot, e.g. 2M:512,1G:4 or per NUMA node 1G:2@0,1G:2@1."),
-    Param("thp", "|".join(THP_MODES), parse_thp, "keep",
-          "Transparent hugepages mode written to /sys/kernel/mm/transparent_hugepage/enabled."),
-)
-# fmt: on
 
 
 @dataclass(frozen=True)

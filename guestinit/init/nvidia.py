@@ -1,12 +1,12 @@
 """The NVIDIA driver in the guest: which modules load with which parameters, the device
 nodes, and what the loaded driver says about itself.
 
-One table (``NV_PARAMS``) holds every ``guestinit.nvidia.*`` key: the module and parameter it
-sets, its type, default and help. ``NVreg_NvLinkDisable=1`` goes to ``nvidia`` when exactly
-one GPU is present (NVRC's rule; ``guestinit.nvidia.nvlink=on|off`` overrides);
-``NVreg_DeviceFileMode=0660`` is the default, as NVRC's image ships it. Parameters follow
-``/etc/modprobe.d`` options on the module's command line, so ours win (the kernel applies a
-repeated parameter's last value).
+One table (``gpu_params.NV_PARAMS``, part of the one key table) holds every
+``guestinit.nvidia.*`` key: the module and parameter it sets, its type, default and help.
+``NVreg_NvLinkDisable=1`` goes to ``nvidia`` when exactly one GPU is present (NVRC's rule;
+``guestinit.nvidia.nvlink=on|off`` overrides); ``NVreg_DeviceFileMode=0660`` is the default,
+as NVRC's image ships it. Parameters follow ``/etc/modprobe.d`` options on the module's
+command line, so ours win (the kernel applies a repeated parameter's last value).
 
 Without udev nothing creates ``/dev/nvidia*``: ``make_nodes`` does what nvidia-modprobe does
 (majors from /proc/devices, one minor per GPU from /proc/driver/nvidia/gpus), and
@@ -20,128 +20,17 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from guestinit.init.params import Param, ParamError
+from guestinit.init.gpu_params import NV_PARAMS, nvidia_value
 from guestinit.init.root import Root
+
+value = nvidia_value  # a guestinit.nvidia.* value from parsed config values
 
 NVIDIA_MAJOR = 195
 CTL_MINOR = 255
 MODESET_MINOR = 254
-
-
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "on", "yes", "true", "y"):
-        return True
-    if low in ("0", "off", "no", "false", "n"):
-        return False
-    raise ParamError(f"{text!r} is not a boolean (use on/off, 1/0)")
-
-
-def _octal_mode(text: str) -> str:
-    if not re.fullmatch(r"0?[0-7]{3,4}", text):
-        raise ParamError(f"{text!r} is not an octal file mode (e.g. 0660)")
-    mode = int(text, 8)
-    if mode > 0o7777:
-        raise ParamError(f"{text!r} is out of range for a file mode")
-    return "0" + format(mode, "o").rjust(3, "0")
-
-
-def _id(text: str) -> str:
-    if not text.isdigit() or int(text) > 0xFFFFFFFE:
-        raise ParamError(f"{text!r} is not a numeric uid/gid")
-    return str(int(text))
-
-
-def _nvlink(text: str) -> str:
-    if text not in ("auto", "on", "off"):
-        raise ParamError(f"{text!r} is not one of auto, on, off")
-    return text
-
-
-def _word(text: str) -> str:
-    if not text or any(c.isspace() or c == '"' for c in text):
-        raise ParamError(f"{text!r} must be one word without quotes")
-    return text
-
-
-def _extra(text: str) -> tuple[tuple[str, str, str], ...]:
-    out = []
-    for item in (p.strip() for p in text.split(",")):
-        if not item:
-            continue
-        m = re.fullmatch(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_]+)=(\S*)", item)
-        if not m:
-            raise ParamError(f"{item!r} is not MODULE.PARAM=VALUE (e.g. nvidia.NVreg_RmMsg=...)")
-        out.append((m.group(1).replace("-", "_"), m.group(2), m.group(3)))
-    return tuple(out)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ParamError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= 3600:
-        raise ParamError(f"{text!r} is out of range (0 <= seconds <= 3600)")
-    return value
-
-
-@dataclass(frozen=True)
-class NvParam:
-    key: str  # guestinit.nvidia.<key>
-    module: str  # "" when the key is not a module parameter
-    param: str  # the module's parameter name ("" when not one)
-    kind: str
-    parse: Callable[[str], object]
-    default: object  # None: not passed unless asked
-    help: str
-
-
-# fmt: off
-NV_PARAMS: tuple[NvParam, ...] = (
-    NvParam("nvlink", "nvidia", "NVreg_NvLinkDisable", "auto|on|off", _nvlink, "auto",
-            "NVLink: auto disables it when exactly one GPU is present (NVreg_NvLinkDisable=1), "
-            "off always disables it, on never does."),
-    NvParam("device_file_mode", "nvidia", "NVreg_DeviceFileMode", "octal", _octal_mode, "0660",
-            "Mode of /dev/nvidia* (the driver's and make_nodes')."),
-    NvParam("device_file_uid", "nvidia", "NVreg_DeviceFileUID", "uid", _id, None, "Owner of /dev/nvidia*."),
-    NvParam("device_file_gid", "nvidia", "NVreg_DeviceFileGID", "gid", _id, None, "Group of /dev/nvidia*."),
-    NvParam("resizable_bar", "nvidia", "NVreg_EnableResizableBar", "bool", _bool, None,
-            "Let the driver resize BAR1 itself (NVreg_EnableResizableBar)."),
-    NvParam("gsp", "nvidia", "NVreg_EnableGpuFirmware", "bool", _bool, None,
-            "Run the GPU System Processor firmware (NVreg_EnableGpuFirmware)."),
-    NvParam("unsupported_gpus", "nvidia", "NVreg_OpenRmEnableUnsupportedGpus", "bool", _bool, None,
-            "Let the open modules drive GPUs they do not list as supported."),
-    NvParam("registry_dwords", "nvidia", "NVreg_RegistryDwords", "word", _word, None,
-            "Driver registry keys, passed as they are (NVreg_RegistryDwords)."),
-    NvParam("uvm_disable_hmm", "nvidia_uvm", "uvm_disable_hmm", "bool", _bool, None,
-            "Turn off heterogeneous memory management in nvidia-uvm."),
-    NvParam("modeset", "", "", "bool", _bool, False, "Also load nvidia-modeset."),
-    NvParam("drm", "nvidia_drm", "modeset", "bool", _bool, False,
-            "Also load nvidia-modeset and nvidia-drm (with modeset=1)."),
-    NvParam("extra", "", "", "MODULE.PARAM=VALUE,...", _extra, (),
-            "Any other module parameters, appended after the ones above."),
-    NvParam("node_timeout", "", "", "seconds", _seconds, 10.0,
-            "Bound on waiting for /dev/nvidia* nodes after the modules load."),
-)
-# fmt: on
-BY_KEY = {p.key: p for p in NV_PARAMS}
-
-PARAMS: tuple[Param, ...] = tuple(
-    Param(f"nvidia.{p.key}", p.kind, p.parse, p.default if p.default is not None else "", p.help)
-    for p in NV_PARAMS
-)
-
-
-def value(values: Mapping[str, object], key: str) -> object:
-    """A guestinit.nvidia.* value from parsed config values ('' and None mean: not given)."""
-    got = values.get(f"nvidia.{key}")
-    if got is None or got == "":
-        return BY_KEY[key].default
-    return got
 
 
 @dataclass(frozen=True)

@@ -2,76 +2,31 @@
 
 This table is the only place a key is defined: parsing, validation, ``guestinit params``
 and the generated reference (docs/kernel-cmdline.md) all come from it. Unknown keys and bad
-values are reported and the default is used; parsing never raises.
+values are reported and the default is used; parsing never raises. The GPU phase's keys
+(rebar, hugepages, thp, nvidia.*, smi.*, ...) are defined in gpu_params, a light module of
+their own, and are part of this one table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from guestinit.init import gpu_params
+from guestinit.init.paramtypes import (
+    Param,
+    ParamError,
+    boolean,
+    choice,
+    csv,
+    seconds_between,
+    string,
+    whole_between,
+)
 
 PREFIX = "guestinit."
 
+__all__ = ["MODES", "PARAMS", "PREFIX", "Config", "Param", "ParamError", "parse_cmdline", "split_cmdline"]
 
-class ParamError(ValueError):
-    pass
-
-
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "yes", "y", "on", "true"):
-        return True
-    if low in ("0", "no", "n", "off", "false"):
-        return False
-    raise ParamError(f"{text!r} is not a boolean (use on/off, 1/0, yes/no, true/false)")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ParamError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 86400:
-        raise ParamError(f"{text!r} is out of range (0 < seconds <= 86400)")
-    return value
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ParamError(f"{text!r} is not one of {', '.join(choices)}")
-        return text
-
-    parse.__doc__ = "|".join(choices)
-    return parse
-
-
-def _string(text: str) -> str:
-    return text
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(item for item in (part.strip() for part in text.split(",")) if item)
-
-
-def _kib(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ParamError(f"{text!r} is not a whole number of KiB") from None
-    if not 16 <= value <= 1048576:
-        raise ParamError(f"{text!r} is out of range (16 <= KiB <= 1048576)")
-    return value
-
-
-class Param:
-    __slots__ = ("default", "help", "kind", "name", "parse")
-
-    def __init__(self, name: str, kind: str, parse: Callable[[str], object], default: object, help: str):
-        self.name = name
-        self.kind = kind
-        self.parse = parse
-        self.default = default
-        self.help = help
+_seconds = seconds_between(0, 86400)
+_kib = whole_between(16, 1048576, "KiB")
 
 
 MODES = ("auto", "cpu", "gpu", "gpu-nvl4", "gpu-nvl5", "servicevm-nvl4", "servicevm-nvl5")
@@ -80,7 +35,7 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "notify",
         "address",
-        _string,
+        string,
         "",
         "Where to send the readiness message: vsock[-stream|-seqpacket|-dgram]:CID:PORT, "
         "serial:NAME, unix:PATH, console or off. Empty: systemd's vmm.notify_socket credential, "
@@ -89,26 +44,30 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "log",
         "off|error|warn|info|debug",
-        _choice("off", "error", "warn", "info", "debug"),
+        choice("off", "error", "warn", "info", "debug"),
         "info",
         "How much init writes to /dev/kmsg.",
     ),
     Param(
         "mode",
         "|".join(MODES),
-        _choice(*MODES),
+        choice(*MODES),
         "auto",
         "Force a topology mode instead of detecting it from PCI devices.",
     ),
     Param(
         "modules",
         "list",
-        _csv,
+        csv,
         (),
         "Extra kernel modules to load at boot, comma-separated (dependencies load first).",
     ),
     Param(
-        "lockdown", "bool", _bool, False, "After module loading write 1 to /proc/sys/kernel/modules_disabled."
+        "lockdown",
+        "bool",
+        boolean,
+        False,
+        "After module loading write 1 to /proc/sys/kernel/modules_disabled.",
     ),
     Param(
         "ready_timeout", "seconds", _seconds, 30.0, "Default bound on waiting for a service to become ready."
@@ -130,7 +89,7 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "disable",
         "list",
-        _csv,
+        csv,
         (),
         "Services (names of /etc/guestinit/services.d/NAME.toml) not to start, comma-separated.",
     ),
@@ -141,6 +100,7 @@ PARAMS: tuple[Param, ...] = (
         1024,
         "Bound on the syslog ring file /run/syslog.log (older half dropped when full).",
     ),
+    *gpu_params.PARAMS,
 )
 
 BY_NAME = {p.name: p for p in PARAMS}
@@ -205,10 +165,13 @@ def coerce(param: Param, value: object) -> object:
         return param.parse(value)
     if param.kind == "bool" and isinstance(value, bool):
         return value
-    if param.kind in ("seconds", "KiB") and isinstance(value, int | float) and not isinstance(value, bool):
-        return param.parse(str(value))
-    if param.kind == "list" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(v.strip() for v in value if v.strip())
+    if param.kind != "bool" and isinstance(value, int | float) and not isinstance(value, bool):
+        return param.parse(str(value))  # seconds, KiB, MHz, ... as TOML numbers
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if param.kind == "list":
+            return tuple(v.strip() for v in value if v.strip())
+        if param.kind.endswith(",..."):  # a comma-separated kind (hugepages, nvidia.extra)
+            return param.parse(",".join(value))
     raise ParamError(f"{value!r} is not a {param.kind}")
 
 

@@ -18,7 +18,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from guestinit.init.params import Param, ParamError
+from guestinit.init.gpu_params import REBAR_POLICIES
 from guestinit.init.root import Root
 
 DEVICES_DIR = "/sys/bus/pci/devices"
@@ -431,31 +431,12 @@ def resize_bar(root: Root, dev: PciDevice, index: int, size: int | None = None) 
     return target
 
 
-REBAR_POLICIES = ("off", "max")
-
-
-def parse_rebar_policy(text: str) -> str:
-    if text not in REBAR_POLICIES:
-        raise ParamError(f"{text!r} is not one of {', '.join(REBAR_POLICIES)}")
-    return text
-
-
-PARAMS: tuple[Param, ...] = (
-    Param(
-        "rebar",
-        "|".join(REBAR_POLICIES),
-        parse_rebar_policy,
-        "off",
-        "Resizable BAR: max grows each GPU BAR that offers resourceN_resize to its largest size "
-        "before the driver loads (needs room in the bridge window; see guestctl plan).",
-    ),
-)
-
-
 def apply_rebar(root: Root, devices: list[PciDevice], policy: str) -> tuple[list[str], list[str]]:
     """With policy ``max``, grow every resizable BAR of every GPU to the largest size it offers.
 
-    Returns (what was done, problems); nothing here raises."""
+    Returns (what was done, problems); nothing here raises. (guestinit.rebar, one of
+    gpu_params.REBAR_POLICIES, is the policy.)"""
+    assert policy in REBAR_POLICIES, policy
     done: list[str] = []
     problems: list[str] = []
     if policy != "max":

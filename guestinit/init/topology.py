@@ -22,24 +22,43 @@ sees what it handed over. ``guestinit.mode=`` forces a mode whatever the counts 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from guestinit.init.pci import PciDevice, list_devices
 from guestinit.init.root import Root
 
+TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from guestinit.init.pci import PciDevice
+
 UNKNOWN = "unknown"
+DEVICES_DIR = "/sys/bus/pci/devices"  # pci.DEVICES_DIR
+# The vendors whose functions the modes count: pci.VENDOR_NVIDIA, pci.VENDOR_MELLANOX (a test checks)
+COUNTED_VENDORS = ("0x10de", "0x15b3")
 
 
-@dataclass(frozen=True)
 class ModeSpec:
-    name: str
-    nvswitches: int
-    gpus: int  # -1: any number above zero
-    sw_mng: int
-    modules: tuple[str, ...]
-    fabric_mode: int | None  # fabricmanager's FABRIC_MODE, None: fabricmanager does not run
-    nvlsm: bool
-    help: str
+    __slots__ = ("fabric_mode", "gpus", "help", "modules", "name", "nvlsm", "nvswitches", "sw_mng")
+
+    def __init__(
+        self,
+        name: str,
+        nvswitches: int,
+        gpus: int,
+        sw_mng: int,
+        modules: tuple[str, ...],
+        fabric_mode: int | None,
+        nvlsm: bool,
+        help: str,
+    ) -> None:
+        self.name = name
+        self.nvswitches = nvswitches
+        self.gpus = gpus  # -1: any number above zero
+        self.sw_mng = sw_mng
+        self.modules = modules
+        self.fabric_mode = fabric_mode  # fabricmanager's FABRIC_MODE, None: fabricmanager does not run
+        self.nvlsm = nvlsm
+        self.help = help
+
+    def __repr__(self) -> str:
+        return f"ModeSpec({self.name!r})"
 
 
 # fmt: off
@@ -76,14 +95,27 @@ def classify(nvswitches: int, gpus: int, sw_mng: int) -> str | None:
     return None
 
 
-@dataclass
 class Topology:
-    mode: str  # a MODES name other than auto, or "unknown"
-    gpus: list[PciDevice]
-    nvswitches: list[PciDevice]
-    sw_mng: list[PciDevice]
-    reason: str
-    forced: bool = False
+    __slots__ = ("forced", "gpus", "mode", "nvswitches", "reason", "sw_mng")
+
+    def __init__(
+        self,
+        mode: str,
+        gpus: list[PciDevice],
+        nvswitches: list[PciDevice],
+        sw_mng: list[PciDevice],
+        reason: str,
+        forced: bool = False,
+    ) -> None:
+        self.mode = mode  # a MODES name other than auto, or "unknown"
+        self.gpus = gpus
+        self.nvswitches = nvswitches
+        self.sw_mng = sw_mng
+        self.reason = reason
+        self.forced = forced
+
+    def __repr__(self) -> str:
+        return f"Topology({self.mode!r}, {self.counts_text!r})"
 
     @property
     def counts(self) -> tuple[int, int, int]:
@@ -134,10 +166,30 @@ class Topology:
         }
 
 
+def counted_vendor_present(root: Root) -> bool:
+    """Whether any PCI function might count: one vendor file read a function, so a guest
+    without NVIDIA or Mellanox functions (a CPU guest) is known to be ``cpu`` without reading
+    everything pci.read_device reads. A function whose vendor cannot be read here (a captured
+    tree stores the links as files) counts as present: then the full read decides."""
+    for address in root.listdir(DEVICES_DIR):
+        try:
+            vendor = root.read_text(f"{DEVICES_DIR}/{address}/vendor").strip()
+        except OSError:
+            return True
+        if vendor in COUNTED_VENDORS:
+            return True
+    return False
+
+
 def detect(root: Root, forced: str = "auto", devices: list[PciDevice] | None = None) -> Topology:
     """Count GPUs, NVSwitches and SW_MNG bridges and pick the mode; never raises."""
     if devices is None:
-        devices = list_devices(root)
+        if counted_vendor_present(root):
+            from guestinit.init.pci import list_devices  # dataclasses and more: not for CPU guests
+
+            devices = list_devices(root)
+        else:
+            devices = []
     gpus = [d for d in devices if d.is_gpu]
     nvswitches = [d for d in devices if d.is_nvswitch]
     sw_mng = [d for d in devices if d.sw_mng]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import CAPTURE_ROOT, Tree
 
-from guestinit.init import hugepages, params
+from guestinit.init import gpu_params, hugepages, params
 from guestinit.init.root import Root
 
 
@@ -31,10 +31,10 @@ def test_per_node_pools(capture_tree: Tree) -> None:
 
 
 def test_parse_requests() -> None:
-    reqs = hugepages.parse_requests("2M:512, 1G:4@0,1G:2@1")
+    reqs = gpu_params.parse_requests("2M:512, 1G:4@0,1G:2@1")
     assert [str(r) for r in reqs] == ["2M:512", "1G:4@0", "1G:2@1"]
-    assert reqs[1] == hugepages.Request(1048576, 4, 0)
-    assert hugepages.parse_requests("2048k:1,1GiB:1")[0].size_kb == 2048
+    assert reqs[1] == gpu_params.Request(1048576, 4, 0)
+    assert gpu_params.parse_requests("2048k:1,1GiB:1")[0].size_kb == 2048
 
 
 @pytest.mark.parametrize(
@@ -50,13 +50,12 @@ def test_parse_requests() -> None:
 )
 def test_bad_requests_name_the_input(text: str, message: str) -> None:
     with pytest.raises(params.ParamError) as err:
-        hugepages.parse_requests(text)
+        gpu_params.parse_requests(text)
     assert str(err.value) == message
 
 
 def test_cmdline_problem_not_exception() -> None:
-    table = params.PARAMS + hugepages.PARAMS
-    config = params.parse_cmdline("guestinit.hugepages=2M:x guestinit.thp=never", table)
+    config = params.parse_cmdline("guestinit.hugepages=2M:x guestinit.thp=never")
     assert config["hugepages"] == ()
     assert config["thp"] == "never"
     assert config.problems == [
@@ -67,7 +66,7 @@ def test_cmdline_problem_not_exception() -> None:
 def test_reserve_writes_pools_largest_first(capture_tree: Tree) -> None:
     capture_tree.hugepages({2048: (0, 0), 1048576: (0, 0)}, {0: {1048576: 0}, 1: {1048576: 0}})
     root = Root(capture_tree.root)
-    results = hugepages.reserve(root, hugepages.parse_requests("2M:512,1G:2@1,1G:1@0,1G:3@7"))
+    results = hugepages.reserve(root, gpu_params.parse_requests("2M:512,1G:2@1,1G:1@0,1G:3@7"))
     # results come in the order the pools were written: 1 GiB pages first
     assert [str(r) for r in results] == [
         "hugepages 1G:1@0: ok",

@@ -16,11 +16,10 @@ from guestinit.init import modules, nvidia, params, topology
 from guestinit.init.root import Root
 
 KVER = "6.12.0-gpu"
-TABLE = params.PARAMS + nvidia.PARAMS
 
 
 def _values(cmdline: str = "") -> dict[str, object]:
-    config = params.parse_cmdline(cmdline, TABLE)
+    config = params.parse_cmdline(cmdline)
     assert config.problems == []
     return config.values
 
@@ -71,7 +70,7 @@ def test_service_vm_nvl5_loads_no_nvidia_module() -> None:
     ],
 )
 def test_bad_keys_are_problems_and_defaults_stay(word: str, problem: str) -> None:
-    config = params.parse_cmdline(word, TABLE)
+    config = params.parse_cmdline(word)
     assert len(config.problems) == 1 and problem in config.problems[0]
     plan = nvidia.module_plan(("nvidia",), 1, config.values)
     assert plan[0].params == "NVreg_NvLinkDisable=1 NVreg_DeviceFileMode=0660"

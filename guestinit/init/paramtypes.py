@@ -1,0 +1,89 @@
+"""What a ``guestinit.*`` key is made of: ``Param`` (name, type, parser, default, help), the
+error a parser raises, and the value parsers the key tables share.
+
+The tables themselves are params.PARAMS (the boot's keys) and gpu_params.PARAMS (the GPU
+phase's keys, which params.PARAMS includes); both import from here, so neither imports the
+other's code and the boot path stays light (stdlib only, no dataclasses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class ParamError(ValueError):
+    """A bad value; the message names the value and what would be accepted."""
+
+
+class Param:
+    __slots__ = ("default", "help", "kind", "name", "parse")
+
+    def __init__(self, name: str, kind: str, parse: Callable[[str], object], default: object, help: str):
+        self.name = name
+        self.kind = kind
+        self.parse = parse
+        self.default = default
+        self.help = help
+
+
+def boolean(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "yes", "y", "on", "true"):
+        return True
+    if low in ("0", "no", "n", "off", "false"):
+        return False
+    raise ParamError(f"{text!r} is not a boolean (use on/off, 1/0, yes/no, true/false)")
+
+
+def seconds_between(low: float, high: float, zero_ok: bool = False) -> Callable[[str], float]:
+    """A parser for seconds in (low, high] (or [low, high] with ``zero_ok``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ParamError(f"{text!r} is not a number of seconds") from None
+        inside = low <= value <= high if zero_ok else low < value <= high
+        if not inside:
+            op = "<=" if zero_ok else "<"
+            raise ParamError(f"{text!r} is out of range ({low:g} {op} seconds <= {high:g})")
+        return value
+
+    return parse
+
+
+def choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ParamError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    parse.__doc__ = "|".join(choices)
+    return parse
+
+
+def string(text: str) -> str:
+    return text
+
+
+def csv(text: str) -> tuple[str, ...]:
+    return tuple(item for item in (part.strip() for part in text.split(",")) if item)
+
+
+def whole_between(low: int, high: int, unit: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ParamError(f"{text!r} is not a whole number of {unit}") from None
+        if not low <= value <= high:
+            raise ParamError(f"{text!r} is out of range ({low} <= {unit} <= {high})")
+        return value
+
+    return parse
+
+
+def absolute_path(text: str) -> str:
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise ParamError(f"{text!r} is not an absolute path without spaces")
+    return text
