@@ -71,7 +71,7 @@ def tool(argv: list[str]) -> int:
             with open("/proc/cmdline") as f:
                 text = f.read()
         config = parse_cmdline(text)
-        print(json.dumps({"values": config.values, "problems": config.problems}, indent=2, default=list))
+        print(json.dumps({"values": config.values, "problems": config.problems}, indent=2, default=str))
         return 1 if config.problems else 0
     parser.print_help()
     return 2
