@@ -67,11 +67,12 @@ def _names(value: object) -> tuple[str, ...]:
 
 
 def _ready(value: object) -> tuple[str, object]:
-    if value == "none":
-        return ("none", "")
+    if value in ("none", "exit"):
+        assert isinstance(value, str)
+        return (value, "")
     if not isinstance(value, dict) or len(value) != 1:
         raise ServiceError(
-            'must be "none" or one of {socket="/path"}, {tcp="HOST:PORT"}, {file="/path"}, '
+            'must be "none" or one of "exit", {socket="/path"}, {tcp="HOST:PORT"}, {file="/path"}, '
             '{log="regex"}, {command=["/bin/prog", ...]}'
         )
     kind, arg = next(iter(value.items()))
@@ -201,7 +202,8 @@ KEYS: tuple[Key, ...] = (
         'When the service counts as ready: {socket="/path"} (a Unix socket accepts a connection), '
         '{tcp="HOST:PORT"} (a TCP connection is accepted), {file="/path"} (the file appears), '
         '{log="regex"} (a line of its output or its syslog matches), {command=["/bin/prog", ...]} '
-        '(that exits 0), or "none" (once started).',
+        '(that exits 0), "exit" (a one-shot task: ready when the program itself exits 0; '
+        'its dependents wait for that), or "none" (once started).',
     ),
     Key(
         "ready_timeout",
@@ -245,6 +247,16 @@ KEYS: tuple[Key, ...] = (
     Key("oom_score_adj", "-1000..1000", _oom, None, "The OOM killer adjustment; default inherited (0)."),
     Key("rlimit_nofile", "count", _nofile, None, "RLIMIT_NOFILE (soft and hard); default inherited."),
     Key(
+        "pid_file",
+        "path",
+        _path,
+        "",
+        "For a program that forks its daemon and exits once the daemon is initialised (as "
+        "nvidia-persistenced does): when it exits 0, the process this file names becomes the "
+        "service (watched, stopped and restarted like any other). Its readiness probe still decides "
+        "when it is ready.",
+    ),
+    Key(
         "condition_path_exists",
         "path",
         _path,
@@ -270,6 +282,7 @@ class ServiceSpec:
         "name",
         "oom_score_adj",
         "path",
+        "pid_file",
         "problems",
         "ready",
         "ready_timeout",
@@ -300,6 +313,7 @@ class ServiceSpec:
         self.oom_score_adj: int | None = None
         self.rlimit_nofile: int | None = None
         self.condition_path_exists = ""
+        self.pid_file = ""
 
     def __repr__(self) -> str:
         return f"ServiceSpec({self.name!r}, error={self.error!r})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from guestinit.init import service_config
 from guestinit.init.power_button import PowerButton
+from guestinit.init.service_config import ServiceSpec
 from guestinit.init.supervisor import Service, Supervisor
 from guestinit.init.syslog import RING_PATH, Ring, Syslog
 
@@ -61,8 +62,9 @@ def open_logging(state: BootState, ring_kib: float) -> Logging:
     return Logging(ring, syslog, button)
 
 
-def load(state: BootState, ring: Ring) -> Supervisor:
-    """Read /etc/guestinit/services.d and set up (not start) the supervisor."""
+def load(state: BootState, ring: Ring, generated: list[ServiceSpec] | None = None) -> Supervisor:
+    """Read /etc/guestinit/services.d and set up (not start) the supervisor. ``generated``
+    services (the GPU phase's) come first; a file of the same name replaces one."""
     config = state.config
     sup = Supervisor(
         state.root,
@@ -74,6 +76,8 @@ def load(state: BootState, ring: Ring) -> Supervisor:
         stop_timeout=config.number("stop_timeout"),
     )
     specs = service_config.load_all(state.root, state.toml_cache)
+    files = {spec.name for spec in specs}
+    specs = [spec for spec in generated or [] if spec.name not in files] + specs
     sup.add(specs, disabled=config.strings("disable"))
     state.problems.extend(sup.problems)
     return sup

@@ -129,6 +129,7 @@ class Service:
         self.stop_started = 0.0
         self.stop_how = ""
         self.after_stop: Callable[[], None] | None = None
+        self.adopted = False  # pid_file: the main process is the daemon the started program forked
 
     @property
     def settled(self) -> bool:
@@ -302,6 +303,7 @@ class Supervisor:
         os.close(write_end)
         self.reaper.watch(pid, lambda p, status: self._exited(svc, p, status))
         svc.pid = svc.out_pid = pid
+        svc.adopted = False
         # a previous run's pipe (held open by a leftover process) keeps draining on its own
         svc.pipe = Pipe(self.loop, read_end, lambda text: self._line(svc, pid, text))
         svc.starts += 1
@@ -311,6 +313,9 @@ class Supervisor:
         self.log.info(f"{svc.name}: started {spec.command[0]} as pid {pid} (user {svc.creds.name})")
         kind, arg = spec.ready
         timeout = spec.ready_timeout or self.ready_timeout
+        svc.ready_timer = self.loop.call_later(timeout, lambda: self._ready_timeout(svc, timeout))
+        if kind == "exit":
+            return  # a one-shot: its own exit (_exited) makes it ready
         svc.probe = probes.make(
             kind,
             self.root(arg) if kind == "socket" and isinstance(arg, str) else arg,
@@ -321,7 +326,6 @@ class Supervisor:
             svc.name,
             lambda argv, on_exit: self._run_probe(svc, argv, on_exit),
         )
-        svc.ready_timer = self.loop.call_later(timeout, lambda: self._ready_timeout(svc, timeout))
         svc.probe.start()
 
     def _run_probe(self, svc: Service, argv: tuple[str, ...], on_exit: Callable[[int], None]) -> int:
@@ -393,6 +397,16 @@ class Supervisor:
         if svc.state == "stopping":
             self._check_stopped(svc)
             return
+        if svc.spec.pid_file and not svc.adopted and svc.state in ("starting", "ready") and succeeded(status):
+            if not self._adopt(svc):
+                self._failed(svc, f"exited with 0 but {svc.spec.pid_file} names no running process")
+            return
+        if svc.state == "starting" and svc.spec.ready[0] == "exit" and succeeded(status):
+            self._ready(svc, True, "exited with 0")
+            if svc.state == "ready":
+                svc.state = "exited"
+                self._event(svc, "exited")
+            return
         if svc.state == "starting":
             if svc.ready_timer is not None:
                 svc.ready_timer.cancel()
@@ -410,6 +424,29 @@ class Supervisor:
                 self._schedule()
                 return
             self._failed(svc, what)
+
+    def _adopt(self, svc: Service) -> bool:
+        """A forking service's program exited 0: the daemon its pid_file names becomes the main
+        process. Orphans are re-parented to init, so the reaper reports the daemon's exit; one
+        that died before it was watched (reaped as an orphan) is no longer there to signal."""
+        try:
+            pid = int(self.root.read_text(svc.spec.pid_file).split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+        self.reaper.watch(pid, lambda p, status: self._exited(svc, p, status))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            self.reaper.forget(pid)
+            return False
+        except PermissionError:
+            pass
+        svc.pid = pid
+        svc.adopted = True
+        self.log.info(f"{svc.name}: daemon pid {pid} (from {svc.spec.pid_file})")
+        return True
 
     def _failed(self, svc: Service, reason: str) -> None:
         svc.error = reason
