@@ -11,7 +11,7 @@ import json
 import os
 
 from guestinit import __version__
-from guestinit.init import modules, mounts, net, params, services, settings, tomlfiles
+from guestinit.init import gpu, modules, mounts, net, params, services, settings, tomlfiles
 from guestinit.init.clock import Phase, Timeline, boottime, kernel_log_stamp
 from guestinit.init.kmsg import LEVELS, Log
 from guestinit.init.loop import Loop
@@ -22,9 +22,17 @@ from guestinit.notify import credentials
 from guestinit.notify.address import AddressError, Target, parse_target
 
 # Modules the guest loads itself (no udev): the vsock transports for the readiness channel,
-# the ACPI power button and evdev (QEMU's system_powerdown arrives as a KEY_POWER event),
-# and the virtio RNG so the CRNG is seeded early.
-BASE_MODULES = ("vmw_vsock_virtio_transport", "vsock_loopback", "button", "evdev", "virtio_rng")
+# qemu_fw_cfg (systemd's vmm.notify_socket credential can come on fw_cfg), the ACPI power
+# button and evdev (QEMU's system_powerdown arrives as a KEY_POWER event), and the virtio RNG
+# so the CRNG is seeded early. Absent ones (not in the image) are skipped.
+BASE_MODULES = (
+    "vmw_vsock_virtio_transport",
+    "vsock_loopback",
+    "qemu_fw_cfg",
+    "button",
+    "evdev",
+    "virtio_rng",
+)
 
 
 class BootState:
@@ -39,6 +47,7 @@ class BootState:
         self.config = params.parse_cmdline("")
         self.sender: Sender | None = None
         self.module_results: list[modules.LoadResult] = []
+        self.gpu: gpu.GpuState | None = None
         self.problems: list[str] = []
         self.ready_s = 0.0
         self.loop = Loop()
@@ -115,6 +124,11 @@ def load_modules(state: BootState) -> None:
                 state.problems.append(f"module {result.name} failed")
 
 
+def bring_up_gpus(state: BootState) -> None:
+    """Topology, BAR / hugepage tuning, the NVIDIA modules and nodes, the GPU services (gpu.py)."""
+    gpu.bring_up(state)
+
+
 def lock_modules(state: BootState) -> None:
     """guestinit.lockdown: no module loads from here on (every module phase comes before)."""
     if state.config.flag("lockdown"):
@@ -140,7 +154,8 @@ def start_services(state: BootState) -> None:
     failed, or was skipped. A critical failure raises services.CriticalFailure."""
     assert state.logging is not None
     with state.timeline.phase("services"):
-        sup = state.supervisor = services.load(state, state.logging.ring)
+        generated = state.gpu.services if state.gpu is not None else []
+        sup = state.supervisor = services.load(state, state.logging.ring, generated)
         sup.start()
         state.loop.run_until(lambda: sup.settled() or bool(state.shutdown_why or sup.critical_failure()))
     for svc in sup.services.values():
@@ -155,14 +170,23 @@ def start_services(state: BootState) -> None:
         raise services.CriticalFailure(failure)
 
 
+def degraded(state: BootState) -> list[str]:
+    """What works only in part: the NVIDIA driver (GPU phase), failed non-critical services."""
+    gpu_part = state.gpu.degraded if state.gpu is not None else []
+    return gpu_part + (state.supervisor.degraded() if state.supervisor is not None else [])
+
+
 def ready_message(state: BootState) -> dict[str, str]:
     ready = boottime()
     state.ready_s = ready
     since_exec = ready - (state.exec_s if state.exec_s is not None else state.start_s)
     status = f"guestinit {__version__} ready in {since_exec:.3f} s from exec"
-    degraded = state.supervisor.degraded() if state.supervisor is not None else []
-    if degraded:
-        status += f"; degraded: {', '.join(degraded)}"
+    gpu_fields = state.gpu.notify_fields() if state.gpu is not None else {}
+    if state.gpu is not None and state.gpu.topology.mode not in ("cpu", "unknown"):  # unknown: a problem
+        status += f"; {state.gpu.topology.status()}"
+    parts = degraded(state)
+    if parts:
+        status += f"; degraded: {', '.join(parts)}"
     if state.problems:
         status += "; " + "; ".join(state.problems)
     fields = {
@@ -175,7 +199,8 @@ def ready_message(state: BootState) -> dict[str, str]:
         "X_GUESTINIT_PHASES": json.dumps(state.timeline.as_list(), separators=(",", ":")),
         "X_GUESTINIT_MODULES": json.dumps([r.as_dict() for r in state.module_results], separators=(",", ":")),
         "X_GUESTINIT_KERNEL": os.uname().release,
-        "X_GUESTINIT_DEGRADED": ",".join(degraded),
+        **gpu_fields,
+        "X_GUESTINIT_DEGRADED": ",".join(parts),
         "X_GUESTINIT_REAPED": f"{state.reaper.reaped}" if state.reaper.reaped else "",
         "X_GUESTINIT_SERVICES": json.dumps(state.supervisor.summary(), separators=(",", ":"))
         if state.supervisor is not None and state.supervisor.services
@@ -189,6 +214,7 @@ def boot(state: BootState) -> None:
     boot (signal, power button) ends it early, without READY."""
     early(state)
     load_modules(state)
+    bring_up_gpus(state)
     lock_modules(state)
     connect_notify(state)
     start_logging(state)

@@ -17,6 +17,7 @@ import traceback
 
 from guestinit.init import mounts, syscalls
 from guestinit.init.boot import BootState, boot, choose_target
+from guestinit.init.boot import degraded as boot_degraded
 from guestinit.init.kmsg import Log
 from guestinit.init.loop import SignalFd
 from guestinit.init.reaper import Reaper
@@ -132,7 +133,7 @@ class Init:
             state.failure = f"critical service {svc.name} failed: {svc.error}"
             return
         if state.sender is not None:
-            degraded = sup.degraded()
+            degraded = boot_degraded(state)
             state.sender.send(
                 {
                     "STATUS": f"degraded: {', '.join(degraded)} ({svc.name}: {svc.error})"[:1024],

@@ -14,7 +14,15 @@ REPO = Path(__file__).resolve().parents[2]
 def test_gpu_keys_are_in_the_one_table_once() -> None:
     names = [p.name for p in params.PARAMS]
     assert len(names) == len(set(names))
-    for key in ("rebar", "hugepages", "thp", "nvidia.nvlink", "nvidia.node_timeout", "smi.lgc", "gpu.timeout"):
+    for key in (
+        "rebar",
+        "hugepages",
+        "thp",
+        "nvidia.nvlink",
+        "nvidia.node_timeout",
+        "smi.lgc",
+        "gpu.timeout",
+    ):
         assert key in names
     assert {p.name for p in gpu_params.PARAMS} <= set(names)
     doc = params.reference_markdown()
@@ -55,7 +63,8 @@ def test_gpu_keys_in_the_image_settings_file() -> None:
 
 
 def test_topology_counts_the_vendors_pci_names() -> None:
-    assert topology.COUNTED_VENDORS == (f"0x{pci.VENDOR_NVIDIA:04x}", f"0x{pci.VENDOR_MELLANOX:04x}")
+    vendors = (f"0x{pci.VENDOR_NVIDIA:04x}", f"0x{pci.VENDOR_MELLANOX:04x}")
+    assert vendors == topology.COUNTED_VENDORS
     assert topology.DEVICES_DIR == pci.DEVICES_DIR
 
 

@@ -1,0 +1,160 @@
+"""The GPU phase of boot, between the base modules and the module lockdown:
+
+    topology  ->  resizable BAR, hugepages, THP  ->  NVIDIA modules  ->  /dev/nvidia*  ->  services
+
+The mode comes from sysfs (topology.detect, ``guestinit.mode=`` forces one). The modules the
+mode needs load through modules.load (finit_module in modules.dep order, each load timed, in
+X_GUESTINIT_MODULES) with nvidia.module_plan's parameters; the device nodes are made and
+awaited (bounded); the GPU daemons become services (gpu_services) that the supervisor starts
+with the others. Nothing here is fatal: an unexpected topology runs the documented fallback
+(topology.py) and is reported in STATUS=; a module that fails, or nodes that never appear,
+are reported in STATUS= and X_GUESTINIT_DEGRADED=nvidia, and the GPU services are not made.
+
+A CPU guest pays for one vendor-file read per PCI function: pci, hugepages, nvidia and the
+services table are imported only where there is work for them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from guestinit.init import modules, topology
+
+TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from guestinit.init.boot import BootState
+    from guestinit.init.service_config import ServiceSpec
+
+LOADED = ("finit", "init", "modprobe", "loaded", "builtin")
+
+
+class GpuState:
+    """What the GPU phase found and did: READY's GPU fields and the GPU services."""
+
+    def __init__(self, topo: topology.Topology) -> None:
+        self.topology = topo
+        self.bar_warnings: list[str] = []
+        self.tuning: list[str] = []  # what rebar/hugepages/THP did
+        self.driver = ""  # the loaded driver's version
+        self.degraded: list[str] = []
+        self.services: list[ServiceSpec] = []
+
+    def notify_fields(self) -> dict[str, str]:
+        fields = self.topology.notify_fields()
+        gpus = self.topology.gpus
+        if gpus:
+            summary = {
+                "count": len(gpus),
+                "ids": [f"{d.ids}@{d.address}" for d in gpus],
+                "driver": self.driver or None,
+            }
+            fields["X_GUESTINIT_GPUS"] = json.dumps(summary, separators=(",", ":"))
+        if self.bar_warnings:
+            fields["X_GUESTINIT_BAR_WARNINGS"] = json.dumps(self.bar_warnings, separators=(",", ":"))
+        if self.tuning:
+            fields["X_GUESTINIT_TUNING"] = json.dumps(self.tuning, separators=(",", ":"))
+        return fields
+
+
+def bring_up(state: BootState) -> None:
+    """The GPU phase (before lock_modules). Never raises: an error of its own is reported."""
+    try:
+        gpu = state.gpu = detect(state)
+        tune(state, gpu)
+        if gpu.topology.spec.modules:
+            load_driver(state, gpu)
+        if gpu.topology.fallback in ("gpu", "gpu-nvl4", "gpu-nvl5") and "nvidia" not in gpu.degraded:
+            from guestinit.init import gpu_services
+
+            gpu.services = gpu_services.specs(state.config, gpu.topology, state.root)
+    except Exception as exc:  # a bug here must not cost the VM: report it and boot on
+        state.log.error(f"GPU phase: {type(exc).__name__}: {exc}")
+        _problem(state, f"GPU phase failed ({type(exc).__name__}: {exc})")
+
+
+def _problem(state: BootState, text: str) -> None:
+    state.log.warning(text)
+    state.problems.append(text)
+
+
+def detect(state: BootState) -> GpuState:
+    with state.timeline.phase("topology"):
+        topo = topology.detect(state.root, state.config.text("mode"))
+    state.log.info(topo.status())
+    if topo.mode == topology.UNKNOWN:
+        _problem(state, topo.status())
+    return GpuState(topo)
+
+
+def tune(state: BootState, gpu: GpuState) -> None:
+    """Resizable BAR (guestinit.rebar, before the driver binds), BAR placement warnings,
+    hugepage pools (guestinit.hugepages) and the THP mode (guestinit.thp)."""
+    config, root, topo = state.config, state.root, gpu.topology
+    counted = topo.gpus + topo.nvswitches + topo.sw_mng
+    if counted:
+        from guestinit.init import pci
+
+        if config.text("rebar") != "off" and topo.gpus:
+            with state.timeline.phase("rebar"):
+                done, problems = pci.apply_rebar(root, topo.gpus, config.text("rebar"))
+            gpu.tuning.extend(done)
+            for problem in problems:
+                _problem(state, problem)
+            if done:  # addresses moved: read the devices again
+                gpu.topology = topo = topology.detect(root, config.text("mode"))
+                counted = topo.gpus + topo.nvswitches + topo.sw_mng
+        gpu.bar_warnings = pci.bar_warnings(counted)
+        for warning in gpu.bar_warnings:
+            state.log.warning(f"BAR placement: {warning}")
+    requests = config["hugepages"]
+    if requests or config.text("thp") != "keep":
+        from guestinit.init import hugepages
+
+        assert isinstance(requests, tuple)
+        with state.timeline.phase("hugepages"):
+            reserved = hugepages.reserve(root, requests)
+            thp_problem = hugepages.set_thp(root, config.text("thp"))
+        for result in reserved:
+            gpu.tuning.append(str(result))
+            if not result.ok:
+                _problem(state, str(result))
+        if thp_problem:
+            _problem(state, thp_problem)
+        elif config.text("thp") != "keep":
+            gpu.tuning.append(f"thp {config.text('thp')}")
+
+
+def load_driver(state: BootState, gpu: GpuState) -> None:
+    """The mode's modules (nvidia.module_plan: NvLinkDisable with one GPU, the device file
+    mode, guestinit.nvidia.*), then the /dev/nvidia* nodes, made and awaited (bounded)."""
+    from guestinit.init import nvidia
+
+    config, root, topo = state.config, state.root, gpu.topology
+    plan = nvidia.module_plan(topo.spec.modules, len(topo.gpus), config.values)
+    with state.timeline.phase("gpu modules"):
+        tree = modules.ModuleTree(root)
+        results = modules.load(tree, [m.name for m in plan], {m.name: m.params for m in plan})
+    state.module_results.extend(results)
+    how = {r.name: r for r in results}
+    for result in results:
+        if result.how == "failed":
+            _problem(state, f"module {result.name} failed: {result.error}")
+    if "nvidia" not in how:
+        return
+    if how["nvidia"].how not in LOADED:
+        gpu.degraded.append("nvidia")
+        return
+    info = nvidia.read_version(root)
+    gpu.driver = info.version if info is not None else ""
+    with state.timeline.phase("gpu nodes"):
+        created, problems = nvidia.make_nodes(root, config.values)
+        missing = nvidia.await_nodes(root, config.values)
+    if created:
+        state.log.info(f"made {', '.join(created)}")
+    for problem in problems:
+        _problem(state, problem)
+    expected = nvidia.expected_nodes(root)
+    if missing or not expected:
+        what = ", ".join(missing) if missing else "no /dev/nvidia* node to make (/proc/devices)"
+        _problem(state, f"NVIDIA device nodes missing: {what}")
+        gpu.degraded.append("nvidia")
