@@ -1,0 +1,157 @@
+"""The bench's statistics on recorded timelines: data/recorded-bench.json is the JSON that
+`guestctl bench --runs 5` wrote on the development machine (TCG, 2 cores, load average ~1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from guestinit.host import benchstats
+from guestinit.host.bench import format_table
+from guestinit.host.benchstats import Stat
+
+RECORDED = Path(__file__).parent / "data" / "recorded-bench.json"
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, object]:
+    data: dict[str, object] = json.loads(RECORDED.read_text())
+    return data
+
+
+def _images(report: dict[str, object]) -> list[dict[str, object]]:
+    images = report["images"]
+    assert isinstance(images, list)
+    return images
+
+
+def test_recorded_runs_have_every_image_and_run(report: dict[str, object]) -> None:
+    names = [i["name"] for i in _images(report)]
+    assert names == ["guestinit", "busybox", "systemd"]
+    for image in _images(report):
+        runs = image["runs"]
+        assert isinstance(runs, list)
+        assert [r["run"] for r in runs] == list(range(1, report["conditions"]["runs"] + 1))  # type: ignore[index]
+
+
+def test_sample_splits_each_recorded_boot_into_phases_that_add_up(report: dict[str, object]) -> None:
+    for image in _images(report):
+        for run in image["runs"]:  # type: ignore[attr-defined]
+            s = benchstats.sample(run)
+            # the definitions, from the raw stamps the guest and the host recorded
+            assert s["ready_host_s"] == run["ready_host_s"]
+            assert s["ready_uptime_s"] == run["uptime_at_ready_s"]
+            assert s["kernel_s"] == run["exec_s"]
+            assert s["firmware_s"] == pytest.approx(run["ready_host_s"] - run["uptime_at_ready_s"])
+            assert s["init_s"] == pytest.approx(run["uptime_at_ready_s"] - run["exec_s"])
+            phases = sum(s[k] or 0.0 for k in benchstats.PHASES)
+            assert phases == pytest.approx(run["ready_host_s"])
+            assert all(s[k] is not None and s[k] > 0 for k in benchstats.METRIC_KEYS)  # type: ignore[operator]
+
+
+def test_summary_is_median_min_max_of_the_recorded_runs(report: dict[str, object]) -> None:
+    for image in _images(report):
+        runs = image["runs"]
+        assert isinstance(runs, list)
+        summary = benchstats.summarize([benchstats.sample(r) for r in runs])
+        n = len(runs)
+        assert n % 2 == 1  # an odd count: the median is the middle run
+        ups = sorted(r["uptime_at_ready_s"] for r in runs)
+        assert summary["ready_uptime_s"] == Stat(ups[n // 2], ups[0], ups[-1], n)
+        hosts = sorted(r["ready_host_s"] for r in runs)
+        assert summary["ready_host_s"] == Stat(hosts[n // 2], hosts[0], hosts[-1], n)
+        # what the bench wrote is what the statistics say
+        written = image["summary"]
+        assert isinstance(written, dict)
+        for key, stat in summary.items():
+            assert stat is not None
+            assert written[key] == stat.as_dict()
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
+    samples = [{"init_s": v} for v in (0.4, 0.1, 0.3, 0.2)]
+    stat = benchstats.summarize(samples)["init_s"]
+    assert stat == Stat(pytest.approx(0.25), 0.1, 0.4, 4)  # type: ignore[arg-type]
+
+
+def test_a_boot_without_ready_counts_for_nothing(report: dict[str, object]) -> None:
+    runs = list(_images(report)[0]["runs"])  # type: ignore[call-overload]
+    failed = dict(runs[0], ready=False, error="no READY within 120 s")
+    samples = [benchstats.sample(r) for r in [failed, *runs[1:]]]
+    assert all(v is None for v in samples[0].values())
+    summary = benchstats.summarize(samples)
+    assert summary["ready_host_s"] is not None and summary["ready_host_s"].n == len(runs) - 1
+
+
+def test_a_boot_without_exec_stamp_keeps_its_ready_times() -> None:
+    s = benchstats.sample({"ready": True, "ready_host_s": 5.0, "uptime_at_ready_s": 3.0, "exec_s": None})
+    assert s == {
+        "firmware_s": 2.0,
+        "kernel_s": None,
+        "init_s": None,
+        "ready_uptime_s": 3.0,
+        "ready_host_s": 5.0,
+    }
+    assert benchstats.summarize([s])["kernel_s"] is None
+
+
+def test_goals_from_the_recorded_medians(report: dict[str, object]) -> None:
+    summaries = {
+        str(i["name"]): benchstats.summarize([benchstats.sample(r) for r in i["runs"]])  # type: ignore[attr-defined]
+        for i in _images(report)
+    }
+    goals = {g.name: g for g in benchstats.goals(summaries)}
+    med = {name: s["ready_uptime_s"].median for name, s in summaries.items()}  # type: ignore[union-attr]
+    assert goals["guestinit/floor"].ratio == pytest.approx(med["guestinit"] / med["busybox"])
+    assert goals["systemd/guestinit"].ratio == pytest.approx(med["systemd"] / med["guestinit"])
+    assert goals["guestinit/floor"].met == (med["guestinit"] / med["busybox"] <= 1.5)
+    assert goals["systemd/guestinit"].met == (med["systemd"] / med["guestinit"] >= 2.0)
+    assert [g.text for g in goals.values()] == report["goal_text"]
+
+
+def test_goal_verdicts_at_and_past_the_limits() -> None:
+    def stat(m: float) -> dict[str, Stat | None]:
+        return {"ready_uptime_s": Stat(m, m, m, 1)}
+
+    at_limit = benchstats.goals({"guestinit": stat(3.0), "busybox": stat(2.0), "systemd": stat(6.0)})
+    assert [(g.name, g.met) for g in at_limit] == [("guestinit/floor", True), ("systemd/guestinit", True)]
+    past = benchstats.goals({"guestinit": stat(3.1), "busybox": stat(2.0), "systemd": stat(6.3)})
+    assert [g.met for g in past] == [False, True]
+    assert "NOT met" in past[0].text
+    missing = benchstats.goals({"guestinit": {"ready_uptime_s": None}, "busybox": stat(2.0)})
+    assert missing[0].met is None and "not measured" in missing[0].text
+
+
+def test_schedule_interleaves_images_run_by_run() -> None:
+    assert benchstats.schedule(["guestinit", "busybox", "systemd"], 2) == [
+        (1, "guestinit"),
+        (1, "busybox"),
+        (1, "systemd"),
+        (2, "guestinit"),
+        (2, "busybox"),
+        (2, "systemd"),
+    ]
+
+
+def test_representative_run_is_the_median_one() -> None:
+    samples = [
+        {"ready_uptime_s": 3.0},
+        {"ready_uptime_s": 1.0},
+        {"ready_uptime_s": None},
+        {"ready_uptime_s": 2.0},
+    ]
+    assert benchstats.representative(samples) == 3
+    assert benchstats.representative([{"ready_uptime_s": None}]) is None
+
+
+def test_table_shows_every_image_metric_and_ratio(report: dict[str, object]) -> None:
+    table = format_table(report)
+    for image in _images(report):
+        assert f"\n{image['name']:<11}" in table
+    for metric in benchstats.METRICS:
+        assert table.count(metric.label) == 3
+    assert "ratio guestinit/busybox (medians): " in table
+    assert "ratio systemd/guestinit (medians): " in table
+    assert "goal guestinit/floor = " in table and "goal systemd/guestinit = " in table
