@@ -48,6 +48,7 @@ class BootState:
         self.sender: Sender | None = None
         self.module_results: list[modules.LoadResult] = []
         self.gpu: gpu.GpuState | None = None
+        self.locked = False  # guestinit.lockdown applied: no module loads after boot's own
         self.problems: list[str] = []
         self.ready_s = 0.0
         self.loop = Loop()
@@ -133,6 +134,7 @@ def lock_modules(state: BootState) -> None:
     """guestinit.lockdown: no module loads from here on (every module phase comes before)."""
     if state.config.flag("lockdown"):
         state.root.write_text("/proc/sys/kernel/modules_disabled", "1\n")
+        state.locked = True
         state.log.info("lockdown: kernel.modules_disabled=1")
 
 
@@ -199,6 +201,7 @@ def ready_message(state: BootState) -> dict[str, str]:
         "X_GUESTINIT_PHASES": json.dumps(state.timeline.as_list(), separators=(",", ":")),
         "X_GUESTINIT_MODULES": json.dumps([r.as_dict() for r in state.module_results], separators=(",", ":")),
         "X_GUESTINIT_KERNEL": os.uname().release,
+        "X_GUESTINIT_LOCKDOWN": "1" if state.locked else "",
         **gpu_fields,
         "X_GUESTINIT_DEGRADED": ",".join(parts),
         "X_GUESTINIT_REAPED": f"{state.reaper.reaped}" if state.reaper.reaped else "",

@@ -345,6 +345,7 @@ def test_one_gpu_mode_from_topology_to_ready(make_guest: type[GpuGuest]) -> None
     ]  # fmt: skip
     assert {c["modules_disabled"] for c in loads} == {"0"}
     assert (guest.path / "proc/sys/kernel/modules_disabled").read_text() == "1\n"
+    assert ready["X_GUESTINIT_LOCKDOWN"] == "1"
     reported = modules_reported(ready)
     assert reported["nvidia"]["how"] == "modprobe" and isinstance(reported["nvidia"]["ms"], float)
     assert "finit_module" in str(reported["nvidia"]["error"])  # why the fallback ran

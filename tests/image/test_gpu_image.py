@@ -194,6 +194,16 @@ def test_nvidia_tools_and_their_libraries_match_the_driver(root: Path, kver: str
             assert (root / LIBDIR / needed).exists() or (root / "usr/lib64" / needed).exists(), (rel, needed)
 
 
+def test_gpu_services_runtime_pieces_are_in_the_image(root: Path) -> None:
+    """What the GPU services made at boot rely on: /var/run -> /run (nvidia-persistenced's socket
+    and pid file), the fabricmanager configuration of the NVLink modes, lockdown on by default."""
+    assert (root / "var/run").is_symlink() and os.readlink(root / "var/run") in ("/run", "../run")
+    cfg = "etc/guestinit/gpu/fabricmanager.cfg"
+    shipped = Path(__file__).resolve().parents[2] / "image/gpu/mkosi.extra" / cfg
+    assert (root / cfg).read_text() == shipped.read_text()
+    assert "\nlockdown = true\n" in (root / "etc/guestinit/guestinit.toml").read_text()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs the image's programs in a chroot")
 def test_nvidia_tools_run_and_find_their_libraries(root: Path, kver: str) -> None:
     (version,) = modinfo(module_path(root, kver, "nvidia"))["version"]
@@ -212,13 +222,30 @@ def test_nvidia_tools_run_and_find_their_libraries(root: Path, kver: str) -> Non
 
 
 def test_gpu_image_boots_to_ready_without_a_gpu(gpu_image: Path, tmp_path: Path) -> None:
-    result = boot(BootOptions(image=gpu_image, timeout_s=240, run_dir=tmp_path))
+    # systemd's vmm.notify_socket credential on fw_cfg (guestinit.notify= emptied) names the
+    # console: READY arrives there, not on the virtio-serial port, only if the image loaded
+    # qemu_fw_cfg and the init read the credential through it.
+    credential = ("-fw_cfg", "name=opt/io.systemd.credentials/vmm.notify_socket,string=console")
+    options = BootOptions(
+        image=gpu_image, timeout_s=240, run_dir=tmp_path, append="guestinit.notify=", qemu_extra=credential
+    )
+    result = boot(options)
     assert result.ready, f"{result.error}; console: {Path(result.console_log).read_text()[-2000:]}"
     assert result.exit_status is None
-    # No NVIDIA device on QEMU's bus: once topology detection reports a mode, it is cpu.
-    assert result.notify.get("X_GUESTINIT_MODE", "cpu") == "cpu"
-    loaded = {m["name"] for m in json.loads(result.notify["X_GUESTINIT_MODULES"])}
-    assert not {"nvidia", "nvidia_uvm"} & loaded
+    assert result.messages and all(str(m["source"]).startswith("console:") for m in result.messages)
+    # No NVIDIA device on QEMU's bus: the GPU phase finds cpu mode, loads no NVIDIA module and
+    # makes no GPU service; the image's guestinit.toml locks module loading after boot's own.
+    assert result.notify["X_GUESTINIT_MODE"] == "cpu"
+    assert result.notify["X_GUESTINIT_TOPOLOGY"] == "nvswitch=0,gpu=0,sw_mng=0"
+    assert "X_GUESTINIT_GPUS" not in result.notify and "X_GUESTINIT_DEGRADED" not in result.notify
+    assert result.notify["X_GUESTINIT_LOCKDOWN"] == "1"
+    modules = {m["name"]: m["how"] for m in json.loads(result.notify["X_GUESTINIT_MODULES"])}
+    assert not {"nvidia", "nvidia_uvm"} & set(modules)
+    assert modules["qemu_fw_cfg"] == "finit"  # the fw_cfg credential channel's module is there
+    phases = [p["name"] for p in json.loads(result.notify["X_GUESTINIT_PHASES"])]
+    assert "topology" in phases and "gpu modules" not in phases
+    services = {s["name"] for s in json.loads(result.notify.get("X_GUESTINIT_SERVICES", "[]"))}
+    assert not {"nvidia-persistenced", "fabricmanager"} & services
 
 
 def test_the_image_kernel_links_and_runs_nvidia_ko(gpu_image: Path, tmp_path: Path) -> None:
