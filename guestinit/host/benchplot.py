@@ -15,13 +15,15 @@ from pathlib import Path
 from guestinit.host.benchstats import METRICS, PHASES, Stat
 
 COLOURS = {"firmware_s": "#b0b7c3", "kernel_s": "#5b8def", "init_s": "#3fb37f", "sub": "#f0a43a"}
+# the init's start-up, before its own phases: interpreter, then imports
+SUB_COLOURS = {"python": "#9b6bd6", "imports": "#c7a0f0"}
 LEFT = 170  # label column, px
 RIGHT = 40
 WIDTH = 1100
 ROW_H = 22
 SUB_H = 10
 ROW_GAP = 26
-TOP = 78
+TOP = 92
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Layout:
     width: int
     height: int
     title: str
-    subtitle: str
+    subtitle: list[str]
     rows: list[Row]
     ticks: list[Tick]
     axis_y: float
@@ -76,7 +78,7 @@ def _tick_step(span: float) -> float:
 def layout(
     images: Sequence[Mapping[str, object]],
     title: str,
-    subtitle: str,
+    subtitle: str | list[str],
 ) -> Layout:
     """``images``: dicts with ``name``, ``caption``, ``summary`` (metric -> Stat | None) and
     ``phases`` (the init's own phases of the median run: name, start_s, end_s on guest time)."""
@@ -130,15 +132,16 @@ def layout(
             except (KeyError, TypeError, ValueError):
                 continue
             w = max((p_end - p_start) * scale, 1.0)
+            phase_name = str(phase.get("name"))
             row.bars.append(
                 Bar(
                     x=LEFT + (offset + p_start) * scale,
                     y=y + ROW_H + 2,
                     w=w,
                     h=SUB_H,
-                    colour=COLOURS["sub"],
-                    label="",
-                    title=f"{name} phase {phase.get('name')}: {(p_end - p_start) * 1000:.1f} ms",
+                    colour=SUB_COLOURS.get(phase_name, COLOURS["sub"]),
+                    label=phase_name if w > 6.5 * len(phase_name) else "",
+                    title=f"{name} phase {phase_name}: {(p_end - p_start) * 1000:.1f} ms",
                 )
             )
         host = summary.get("ready_host_s")
@@ -156,6 +159,7 @@ def layout(
         (COLOURS["firmware_s"], "QEMU start → first kernel message"),
         (COLOURS["kernel_s"], "kernel start → init exec"),
         (COLOURS["init_s"], "init exec → READY (guest)"),
+        (SUB_COLOURS["python"], "init start-up: interpreter, imports"),
         (COLOURS["sub"], "init's own phases (median run)"),
         ("#d33", "READY at the host (median, min–max)"),
     ]
@@ -163,7 +167,7 @@ def layout(
         width=WIDTH,
         height=int(axis_y + 70),
         title=title,
-        subtitle=subtitle,
+        subtitle=[subtitle] if isinstance(subtitle, str) else subtitle,
         rows=rows,
         ticks=ticks,
         axis_y=axis_y,
