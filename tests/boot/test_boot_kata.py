@@ -17,7 +17,7 @@ def test_kata_image_reports_ready_with_every_phase(kata_image: Path, tmp_path: P
     assert result.accel in ("kvm", "tcg")
     assert result.transport == "serial"
     names = [p["name"] for p in result.phases]
-    assert names[:4] == ["mounts", "cmdline", "modules", "notify"]
+    assert names[:5] == ["mounts", "cmdline", "modules", "topology", "notify"]
     for phase in result.phases:
         assert float(str(phase["end_s"])) >= float(str(phase["start_s"])) > 0
         assert "error" not in phase
