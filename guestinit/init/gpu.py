@@ -63,7 +63,8 @@ def bring_up(state: BootState) -> None:
         tune(state, gpu)
         if gpu.topology.spec.modules:
             load_driver(state, gpu)
-        if gpu.topology.fallback in ("gpu", "gpu-nvl4", "gpu-nvl5") and "nvidia" not in gpu.degraded:
+        guest_with_gpus = gpu.topology.fallback.startswith("gpu")  # gpu, gpu-nvl4, gpu-nvl5
+        if guest_with_gpus and "nvidia" not in gpu.degraded:
             from guestinit.init import gpu_services
 
             gpu.services = gpu_services.specs(state.config, gpu.topology, state.root)

@@ -211,7 +211,11 @@ def await_paths(paths: list[str], timeout_s: float) -> list[str]:
     missing = [p for p in paths if not os.path.lexists(p)]
     if not missing or timeout_s <= 0:
         return missing
-    import pyinotify
+    import warnings
+
+    with warnings.catch_warnings():  # pyinotify imports asyncore, deprecated in 3.11
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import pyinotify
 
     wm = pyinotify.WatchManager()
     notifier = pyinotify.Notifier(wm, pyinotify.ProcessEvent())

@@ -267,11 +267,12 @@ class GpuGuest:
         self.sock.close()
         # a stand-in daemon the init did not get to stop
         pid_file = self.path / "run/nvidia-persistenced/nvidia-persistenced.pid"
-        if pid_file.exists():
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+        try:
+            pid = int(pid_file.read_text())
+            if str(self.path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():  # ours, not reused
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
 
 @pytest.fixture
@@ -509,3 +510,46 @@ def test_shipped_fabricmanager_config_is_full_mode_in_the_foreground() -> None:
     config = params.parse_cmdline(f"guestinit.fabricmanager.config={shipped}")
     table = gpu_services.tables(config, _topo(8, "gpu-nvl4"), Root("/"))["fabricmanager"]
     assert table["ready"] == {"tcp": f"{cfg['FM_CMD_BIND_INTERFACE']}:{cfg['FM_CMD_PORT_NUMBER']}"}
+
+
+def test_persistenced_failing_is_degraded_and_the_rest_runs(make_guest: type[GpuGuest]) -> None:
+    """A daemon that cannot start (here: the parent reports a failed initialisation, as the real
+    one does without usable /dev/nvidia*) is restarted, then given up on: READY still comes,
+    with the service in X_GUESTINIT_DEGRADED; the settings after it still run."""
+    guest = make_guest((0, 1, 0), "guestinit.smi.pl=500")
+    failing = guest.path / "usr/bin/nvidia-persistenced"
+    failing.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        "print('nvidia-persistenced failed to initialize. Check syslog for more details.', file=sys.stderr)\n"
+        "sys.exit(1)\n"
+    )
+    guest.start()
+    ready = guest.wait_for("READY")
+    assert ready["X_GUESTINIT_DEGRADED"] == "nvidia-persistenced"
+    svc = services(ready)
+    assert svc["nvidia-persistenced"]["state"] == "failed" and svc["nvidia-persistenced"]["restarts"] == 3
+    assert "exited with 1 before it was ready" in str(svc["nvidia-persistenced"]["error"])
+    assert svc["nvidia-smi-pl"]["state"] == "exited"
+    assert "nvidia-persistenced failed to initialize" in guest.kmsg()
+    guest.shutdown()
+
+
+def test_forking_daemon_gone_before_it_is_adopted_is_a_failure(make_guest: type[GpuGuest]) -> None:
+    """The program exits 0 but the pid its file names is gone (here its own): not ready, not
+    silently 'exited' — a failure, reported."""
+    guest = make_guest((0, 1, 0))
+    (guest.path / "usr/bin/nvidia-persistenced").write_text(
+        f"#!{sys.executable}\nimport os\n"
+        f"os.makedirs({str(guest.path / 'run/nvidia-persistenced')!r}, exist_ok=True)\n"
+        f"open({str(guest.path / 'run/nvidia-persistenced/nvidia-persistenced.pid')!r}, 'w')"
+        ".write(f'{os.getpid()}\\n')\n"
+    )
+    guest.start()
+    ready = guest.wait_for("READY")
+    svc = services(ready)["nvidia-persistenced"]
+    assert svc["state"] == "failed"
+    assert str(svc["error"]).startswith(
+        "exited with 0 but /var/run/nvidia-persistenced/nvidia-persistenced.pid names no running process"
+    )
+    assert ready["X_GUESTINIT_DEGRADED"] == "nvidia-persistenced"
+    guest.shutdown()
