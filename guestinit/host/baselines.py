@@ -158,7 +158,8 @@ def systemd_inputs(root: Path) -> list[Path]:
     base = root / SYSTEMD_DIR
     files = sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     sources = root / "image" / "mkosi.sandbox"
-    shared = [root / "image" / "keep.list", root / "guestinit" / "host" / "trim.py"]
+    shared = [root / "image" / p for p in ("keep.list", "mkosi.postoutput")]
+    shared.append(root / "guestinit" / "host" / "trim.py")
     return files + sorted(p for p in sources.rglob("*") if p.is_file()) + shared
 
 

@@ -108,6 +108,7 @@ def test_systemd_digest_follows_its_inputs(tmp_path: Path) -> None:
         (tmp_path / rel).mkdir(parents=True)
     (tmp_path / "baselines/systemd/mkosi.conf").write_text("[Output]\n")
     (tmp_path / "image/keep.list").write_text("usr/bin/python3*\n")
+    (tmp_path / "image/mkosi.postoutput").write_text("")
     (tmp_path / "guestinit/host/trim.py").write_text("")
     first = baselines.systemd_digest(tmp_path)
     (tmp_path / "image/keep.list").write_text("usr/bin/python3*\nusr/bin/kmod\n")
