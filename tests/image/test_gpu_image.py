@@ -249,10 +249,11 @@ def test_gpu_image_boots_to_ready_without_a_gpu(gpu_image: Path, tmp_path: Path)
 
 
 def test_the_image_kernel_links_and_runs_nvidia_ko(gpu_image: Path, tmp_path: Path) -> None:
-    """Forced to load nvidia without a GPU, the kernel accepts the module (vermagic, symbol
-    versions, every symbol resolved) and runs its init, which finds no device: ENODEV, where a
-    module built against other headers fails with ENOEXEC or ENOENT before any driver code."""
-    append = "guestinit.modules=nvidia-uvm"
+    """Forced into gpu mode without a GPU, the GPU phase loads nvidia: the kernel accepts the
+    module (vermagic, symbol versions, every symbol resolved) and runs its init, which finds no
+    device: ENODEV, where a module built against other headers fails with ENOEXEC or ENOENT
+    before any driver code. The failure is reported, not fatal: READY, degraded, no GPU service."""
+    append = "guestinit.mode=gpu"
     result = boot(BootOptions(image=gpu_image, append=append, timeout_s=240, run_dir=tmp_path))
     console = Path(result.console_log).read_text()
     assert result.ready, f"{result.error}; console: {console[-2000:]}"
@@ -261,3 +262,7 @@ def test_the_image_kernel_links_and_runs_nvidia_ko(gpu_image: Path, tmp_path: Pa
     assert f"[Errno {errno.ENODEV}] finit_module" in records["nvidia"]["error"]
     assert "NVRM: No NVIDIA GPU found." in console
     assert records["nvidia_uvm"]["how"] == "failed"  # never tried: its dependency failed
+    assert result.notify["X_GUESTINIT_MODE"] == "gpu" and result.notify["X_GUESTINIT_DEGRADED"] == "nvidia"
+    assert "module nvidia failed" in result.notify["STATUS"]
+    assert "nvidia-persistenced" not in result.notify.get("X_GUESTINIT_SERVICES", "")
+    assert result.notify["X_GUESTINIT_LOCKDOWN"] == "1"  # after the GPU phase's loads
