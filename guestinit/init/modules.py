@@ -17,6 +17,9 @@ from guestinit.init.clock import boottime
 from guestinit.init.root import Root
 
 MODULE_INIT_COMPRESSED_FILE = 4
+# Errors from the module's own init or the kernel's policy, not from how it was loaded:
+# no modprobe fallback for these (an NVIDIA module without a GPU fails with ENODEV).
+FINAL_ERRNOS = frozenset({errno.ENODEV, errno.ENXIO, errno.EPERM, errno.ENOMEM, errno.EBUSY, errno.ENOSPC})
 SYS_INIT_MODULE = 175
 
 
@@ -180,6 +183,10 @@ def load_one(tree: ModuleTree, name: str, params: str = "") -> LoadResult:
                 return LoadResult(name, "init", boottime() - start)
             except (OSError, ValueError, subprocess.CalledProcessError) as exc2:
                 return _modprobe(tree, name, start, str(exc2), params)
+        if exc.errno in FINAL_ERRNOS:
+            # The kernel refused the module itself (no such device, modules disabled, no
+            # memory): modprobe would fork only to be refused the same way.
+            return LoadResult(name, "failed", boottime() - start, str(exc))
         return _modprobe(tree, name, start, str(exc), params)
 
 

@@ -75,3 +75,20 @@ def test_modprobe_fallback_keeps_parameters(tree: modules.ModuleTree, fp) -> Non
     assert (
         fp.call_count(["modprobe", "-d", tree.root.path, "-S", KVER, "nvidia", "NVreg_NvLinkDisable=1"]) == 1
     )
+
+
+def test_no_modprobe_fork_when_the_kernel_refuses_the_module(
+    tree: modules.ModuleTree, fp, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    (Path(tree.root(tree.base)) / "updates").mkdir(parents=True)
+    (Path(tree.root(tree.base)) / "updates/nvidia.ko").write_bytes(b"\x7fELF")
+
+    def no_device(fd: int, params: str = "", flags: int = 0) -> None:
+        raise OSError(errno.ENODEV, "finit_module: No such device")
+
+    monkeypatch.setattr(modules.syscalls, "finit_module", no_device)
+    result = modules.load_one(tree, "nvidia")
+    assert result.how == "failed" and "No such device" in result.error
+    assert fp.call_count(["modprobe", fp.any()]) == 0
