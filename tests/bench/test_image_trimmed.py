@@ -1,0 +1,83 @@
+"""The built Kata image carries what the boot-time work left in it, and its trimmed Python still
+imports every guest module: read back from the cpio and run with the image's own interpreter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.boot
+
+
+@pytest.fixture(scope="module")
+def tree(kata_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("kata-root")
+    data = subprocess.run(["zstd", "-q", "-d", "-c", os.fspath(kata_image)], capture_output=True, check=True)
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames"],
+        input=data.stdout,
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    return root
+
+
+def test_initrd_is_stored_zstd(kata_image: Path) -> None:
+    with open(kata_image, "rb") as f:
+        head = f.read(9)
+    assert head[:4] == b"\x28\xb5\x2f\xfd"
+    assert (int.from_bytes(head[6:9], "little") >> 1) & 3 == 0  # first block raw, not compressed
+
+
+def test_python_is_sourceless_and_trimmed(tree: Path) -> None:
+    stdlib = tree / "usr/lib/python3.13"
+    assert (stdlib / "os.pyc").is_file() and (stdlib / "lib-dynload").is_dir()
+    assert not list(stdlib.rglob("*.py")) and not list(tree.rglob("__pycache__"))
+    for unused in ("unittest", "asyncio", "email", "pydoc.pyc", "curses", "multiprocessing"):
+        assert not (stdlib / unused).exists(), unused
+    dist = tree / "usr/lib/python3/dist-packages"
+    assert sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*.py")) == ["guestinit/init/init.py"]
+
+
+def test_init_is_a_zip_application(tree: Path) -> None:
+    init = (tree / "init").read_bytes()
+    assert init.startswith(b"#!/usr/bin/python3 ") and b"__main__.pyc" in init
+    assert os.readlink(tree / "usr/sbin/init") == "/init"
+
+
+def test_modprobe_is_not_the_kernels_helper(tree: Path) -> None:
+    assert os.readlink(tree / "usr/bin/modprobe") == "kmod"
+    assert not os.path.lexists(tree / "usr/sbin/modprobe")
+    modules = list((tree / "usr/lib/modules").rglob("*.ko*"))
+    assert modules and all(m.name.endswith(".ko") for m in modules)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_every_guest_module_imports_with_the_image_python(tree: Path) -> None:
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "sys.path.append('/usr/lib/python3/dist-packages')\n"
+        "import guestinit\n"
+        "bad = []\n"
+        "for m in pkgutil.walk_packages(guestinit.__path__, 'guestinit.'):\n"
+        "    if m.name != 'guestinit.init.init':\n"
+        "        try:\n"
+        "            importlib.import_module(m.name)\n"
+        "        except Exception as exc:\n"
+        "            bad.append(f'{m.name}: {exc!r}')\n"
+        "import psutil, pyinotify, lzma, ctypes, json, subprocess, traceback, argparse\n"
+        "print(len(sys.modules), bad)\n"
+    )
+    out = subprocess.run(
+        ["chroot", os.fspath(tree), "/usr/bin/python3", "-I", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("[]"), out.stdout
+    assert not out.stderr  # no "Could not find platform libraries" warnings either
