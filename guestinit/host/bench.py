@@ -312,7 +312,7 @@ def format_table(report: dict[str, object]) -> str:
         lines.append("")
         for name, values in ratios.items():
             parts = [
-                f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f}"
+                f"{k.removesuffix('_s').replace('_', ' ')} {v:.3f}"
                 for k, v in values.items()
                 if v is not None
             ]

@@ -133,7 +133,7 @@ def _goal(name: str, r: float | None, limit: float, met: bool, op: str) -> Goal:
     if r is None:
         return Goal(name, None, limit, None, f"{name}: not measured (missing READY stamps)")
     verdict = "met" if met else "NOT met"
-    return Goal(name, r, limit, met, f"{name} = {r:.2f} (goal {op} {limit:g}: {verdict})")
+    return Goal(name, r, limit, met, f"{name} = {r:.3f} (goal {op} {limit:g}: {verdict})")
 
 
 def schedule(images: Sequence[str], runs: int) -> list[tuple[int, str]]:
