@@ -7,7 +7,6 @@ the reaper, /dev/log, the power button and the services. ``boot()`` is the seque
 
 from __future__ import annotations
 
-import json
 import os
 
 from guestinit import __version__
@@ -18,7 +17,7 @@ from guestinit.init.loop import Loop
 from guestinit.init.reaper import Reaper
 from guestinit.init.report import SERIAL_PORT_NAME, Sender, find_virtio_port
 from guestinit.init.root import Root
-from guestinit.notify import credentials
+from guestinit.notify import credentials, jsonenc
 from guestinit.notify.address import AddressError, Target, parse_target
 
 # Modules the guest loads itself (no udev): the vsock transports for the readiness channel,
@@ -198,14 +197,14 @@ def ready_message(state: BootState) -> dict[str, str]:
         "X_GUESTINIT_EXEC_S": f"{state.exec_s:.3f}" if state.exec_s is not None else "",
         "X_GUESTINIT_START_S": f"{state.start_s:.4f}",
         "X_GUESTINIT_READY_S": f"{ready:.4f}",
-        "X_GUESTINIT_PHASES": json.dumps(state.timeline.as_list(), separators=(",", ":")),
-        "X_GUESTINIT_MODULES": json.dumps([r.as_dict() for r in state.module_results], separators=(",", ":")),
+        "X_GUESTINIT_PHASES": jsonenc.dumps(state.timeline.as_list()),
+        "X_GUESTINIT_MODULES": jsonenc.dumps([r.as_dict() for r in state.module_results]),
         "X_GUESTINIT_KERNEL": os.uname().release,
         "X_GUESTINIT_LOCKDOWN": "1" if state.locked else "",
         **gpu_fields,
         "X_GUESTINIT_DEGRADED": ",".join(parts),
         "X_GUESTINIT_REAPED": f"{state.reaper.reaped}" if state.reaper.reaped else "",
-        "X_GUESTINIT_SERVICES": json.dumps(state.supervisor.summary(), separators=(",", ":"))
+        "X_GUESTINIT_SERVICES": jsonenc.dumps(state.supervisor.summary())
         if state.supervisor is not None and state.supervisor.services
         else "",
     }

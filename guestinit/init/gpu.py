@@ -16,9 +16,8 @@ services table are imported only where there is work for them.
 
 from __future__ import annotations
 
-import json
-
 from guestinit.init import modules, topology
+from guestinit.notify import jsonenc
 
 TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
@@ -48,11 +47,11 @@ class GpuState:
                 "ids": [f"{d.ids}@{d.address}" for d in gpus],
                 "driver": self.driver or None,
             }
-            fields["X_GUESTINIT_GPUS"] = json.dumps(summary, separators=(",", ":"))
+            fields["X_GUESTINIT_GPUS"] = jsonenc.dumps(summary)
         if self.bar_warnings:
-            fields["X_GUESTINIT_BAR_WARNINGS"] = json.dumps(self.bar_warnings, separators=(",", ":"))
+            fields["X_GUESTINIT_BAR_WARNINGS"] = jsonenc.dumps(self.bar_warnings)
         if self.tuning:
-            fields["X_GUESTINIT_TUNING"] = json.dumps(self.tuning, separators=(",", ":"))
+            fields["X_GUESTINIT_TUNING"] = jsonenc.dumps(self.tuning)
         return fields
 
 

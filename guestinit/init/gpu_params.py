@@ -9,7 +9,6 @@ costs a CPU-only boot nothing but this file: stdlib ``re`` and plain classes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 
 from guestinit.init.paramtypes import Param, ParamError, absolute_path, boolean, choice, seconds_between
@@ -21,7 +20,7 @@ REBAR_POLICIES = ("off", "max")
 # ------------------------------------------------------------------ hugepages and THP (hugepages)
 
 THP_MODES = ("keep", "always", "madvise", "never")
-_SIZE = re.compile(r"^(\d+)\s*([kKmMgG])(?:i?[bB])?$")
+_SIZE_PATTERN = r"^(\d+)\s*([kKmMgG])(?:i?[bB])?$"
 _UNITS = {"k": 1, "m": 1 << 10, "g": 1 << 20}
 
 
@@ -61,7 +60,9 @@ class Request:
 
 
 def parse_size_kb(text: str) -> int:
-    m = _SIZE.match(text.strip())
+    import re  # only when this key is given: re is not on the boot path
+
+    m = re.match(_SIZE_PATTERN, text.strip())
     if not m:
         raise ParamError(f"{text!r} is not a page size (use 2M or 1G)")
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
@@ -96,6 +97,8 @@ def parse_requests(text: str) -> tuple[Request, ...]:
 
 
 def _octal_mode(text: str) -> str:
+    import re  # only when this key is given: re is not on the boot path
+
     if not re.fullmatch(r"0?[0-7]{3,4}", text):
         raise ParamError(f"{text!r} is not an octal file mode (e.g. 0660)")
     return "0" + format(int(text, 8), "o").rjust(3, "0")
@@ -114,6 +117,8 @@ def _word(text: str) -> str:
 
 
 def _extra(text: str) -> tuple[tuple[str, str, str], ...]:
+    import re  # only when this key is given: re is not on the boot path
+
     out = []
     for item in (p.strip() for p in text.split(",")):
         if not item:
@@ -202,6 +207,8 @@ def _clocks(text: str) -> str:
 
 
 def _watts(text: str) -> str:
+    import re  # only when this key is given: re is not on the boot path
+
     if not re.fullmatch(r"\d{1,5}(\.\d{1,2})?", text) or float(text) <= 0:
         raise ParamError(f"{text!r} is not a power limit in watts (e.g. 700)")
     return text

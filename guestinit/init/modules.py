@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 from guestinit.init import syscalls
 from guestinit.init.clock import boottime
@@ -138,7 +137,12 @@ def _decompress(path: str) -> bytes:
 
         return gzip.decompress(data)
     if path.endswith(".zst"):
-        out = subprocess.run(["zstd", "-dc", path], capture_output=True, check=True)
+        import subprocess
+
+        try:
+            out = subprocess.run(["zstd", "-dc", path], capture_output=True, check=True)
+        except subprocess.CalledProcessError as exc:
+            raise ValueError(f"zstd -dc {path}: exit {exc.returncode}") from None
         return out.stdout
     return data
 
@@ -181,7 +185,7 @@ def load_one(tree: ModuleTree, name: str, params: str = "") -> LoadResult:
             try:
                 _init_module(_decompress(path), full_params)
                 return LoadResult(name, "init", boottime() - start)
-            except (OSError, ValueError, subprocess.CalledProcessError) as exc2:
+            except (OSError, ValueError) as exc2:
                 return _modprobe(tree, name, start, str(exc2), params)
         if exc.errno in FINAL_ERRNOS:
             # The kernel refused the module itself (no such device, modules disabled, no
@@ -194,6 +198,8 @@ def _modprobe(tree: ModuleTree, name: str, start: float, why: str, params: str =
     """The fallback: fork modprobe (it reads modprobe.d itself; our parameters go on its line)."""
     argv = ["modprobe"] if tree.root.is_real else ["modprobe", "-d", tree.root.path, "-S", tree.kver]
     argv += [name, *params.split()]
+    import subprocess  # the fallback only: forking is what finit_module avoids
+
     try:
         subprocess.run(argv, check=True, capture_output=True, timeout=30)
         return LoadResult(name, "modprobe", boottime() - start, why)

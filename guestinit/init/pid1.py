@@ -9,11 +9,9 @@ order, X_SYSTEMD_SHUTDOWN=poweroff to the host, sync, unmount, power off.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-import traceback
 
 from guestinit.init import mounts, syscalls
 from guestinit.init.boot import BootState, boot, choose_target
@@ -24,6 +22,7 @@ from guestinit.init.reaper import Reaper
 from guestinit.init.report import Sender
 from guestinit.init.root import Root
 from guestinit.init.services import CriticalFailure, Service
+from guestinit.notify import jsonenc
 
 __all__ = ["HANDLED", "SHUTDOWN_SIGNALS", "Init", "Reaper", "power_off", "run", "run_as_pid1"]
 
@@ -211,7 +210,7 @@ class Init:
                 {
                     "STATUS": f"powering off ({why})" + (f"; stopped {order}" if order else ""),
                     "X_SYSTEMD_SHUTDOWN": "poweroff",
-                    "X_GUESTINIT_STOPPED": json.dumps(self.stopped, separators=(",", ":")),
+                    "X_GUESTINIT_STOPPED": jsonenc.dumps(self.stopped),
                 }
             )
             sender.flush(max(0.2, deadline - time.monotonic()))
@@ -242,6 +241,8 @@ def run(root: Root, log: Log, exec_s: float | None, start_s: float) -> None:
         status = exc.exit_status if isinstance(exc, CriticalFailure) else 1
         reason = str(exc) if isinstance(exc, CriticalFailure) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, CriticalFailure):
+            import traceback
+
             for line in traceback.format_exc().splitlines():
                 log.error(line)
         try:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import socket
 from collections.abc import Callable
 
 from guestinit.init.loop import Loop, Timer
 from guestinit.init.root import Root
 from guestinit.init.syslog import Line, Ring
+
+TYPE_CHECKING = False  # re is imported only when a log probe exists; mypy reads this as usual
+if TYPE_CHECKING:
+    import re
 
 Done = Callable[[bool, str], None]
 # run(argv, on_exit(status)) -> pid: start a probe command as the service's user, reaped centrally
@@ -319,6 +322,8 @@ def make(
         assert isinstance(arg, str)
         return FileAppears(loop, on_done, root, arg)
     if kind == "log":
+        import re  # already imported: the service file compiled this pattern
+
         assert isinstance(arg, re.Pattern)
         return LogMatch(loop, on_done, ring, service, arg)
     if kind == "command":

@@ -11,14 +11,21 @@ image's own: the kernel unpacks them into the same /etc/guestinit/services.d.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 
 from guestinit.init import tomlfiles
 from guestinit.init.root import Root
 
 SERVICES_DIR = "/etc/guestinit/services.d"
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NAME_REST = _NAME_FIRST | frozenset("_.@-")
+
+
+def valid_name(name: str) -> bool:
+    """A service name: [A-Za-z0-9][A-Za-z0-9_.@-]{0,63} (checked without importing re)."""
+    return 0 < len(name) <= 64 and name[0] in _NAME_FIRST and all(c in _NAME_REST for c in name[1:])
+
+
 EVERY = "*"  # after = ["*"]: after every service that does not itself say "*"
 READY_KINDS = ("socket", "tcp", "file", "log", "command")
 RESTARTS = ("no", "on-failure", "always")
@@ -61,7 +68,7 @@ def _names(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ServiceError('must be a list of service names, e.g. ["fabricmanager"], or ["*"]')
     for v in value:
-        if v != EVERY and not NAME_RE.fullmatch(v):
+        if v != EVERY and not valid_name(v):
             raise ServiceError(f"{v!r} is not a service name")
     return tuple(value)
 
@@ -90,6 +97,8 @@ def _ready(value: object) -> tuple[str, object]:
         if not isinstance(arg, str) or not arg:
             raise ServiceError("log: must be a regular expression")
         try:
+            import re
+
             return (kind, re.compile(arg))
         except re.error as exc:
             raise ServiceError(f"log: {arg!r} is not a valid regular expression: {exc}") from None
@@ -342,7 +351,7 @@ def from_table(name: str, path: str, table: dict[str, object]) -> ServiceSpec:
 
 def load_file(root: Root, path: str, cache: dict[str, dict[str, object]] | None = None) -> ServiceSpec:
     name = os.path.basename(path)[: -len(".toml")]
-    if not NAME_RE.fullmatch(name):
+    if not valid_name(name):
         spec = ServiceSpec(name, path)
         spec.error = f"{path}: {name!r} is not a service name (letters, digits, _ . @ -; at most 64)"
         return spec

@@ -16,10 +16,6 @@ import warnings
 
 from guestinit.init.root import Root
 
-# Python 3.12+ warns about fork() while other threads exist (the notify retry thread may):
-# the child here only makes system calls before exec, which is what makes that safe.
-warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
-
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -158,7 +154,12 @@ def spawn(
 
     read_end, write_end = os.pipe()  # both close-on-exec
     try:
-        pid = os.fork()
+        # Python 3.12+ warns about fork() while other threads exist (the notify retry
+        # thread may): the child only makes system calls before exec, which makes that safe.
+        # (A message= filter would compile a regex and import re on the boot path.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
     except OSError as exc:
         os.close(read_end)
         os.close(write_end)

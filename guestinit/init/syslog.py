@@ -10,7 +10,6 @@ sees each new line as it arrives instead of re-reading the file on a timer.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import struct
 from collections import deque
@@ -25,8 +24,24 @@ RING_PATH = "/run/syslog.log"
 SOCKET_PATH = "/dev/log"
 MAX_DATAGRAM = 16 * 1024
 _UCRED = struct.Struct("iII")
-_RFC3164_TIME = re.compile(r"[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} ")
-_TAG = re.compile(r"([^\s\[\]:]{1,48})(?:\[([0-9]{1,10})\])?: ?")
+TYPE_CHECKING = False  # re is imported on the first message, not at boot; mypy reads this as usual
+if TYPE_CHECKING:
+    import re
+
+_PATTERNS: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+
+
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(RFC 3164 timestamp, TAG[PID]:), compiled on first use."""
+    global _PATTERNS
+    if _PATTERNS is None:
+        import re
+
+        _PATTERNS = (
+            re.compile(r"[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} "),
+            re.compile(r"([^\s\[\]:]{1,48})(?:\[([0-9]{1,10})\])?: ?"),
+        )
+    return _PATTERNS
 
 
 class Line:
@@ -121,10 +136,11 @@ def parse(data: bytes) -> tuple[int, str, int, str]:
             if rest.startswith("- "):
                 rest = rest[2:]
             return priority, "" if app == "-" else app, int(procid) if procid.isdigit() else 0, rest
-    match = _RFC3164_TIME.match(text)
+    rfc3164_time, tag_pattern = _patterns()
+    match = rfc3164_time.match(text)
     if match:
         text = text[match.end() :]
-    tag = _TAG.match(text)
+    tag = tag_pattern.match(text)
     if tag:
         return priority, tag.group(1), int(tag.group(2) or 0), text[tag.end() :]
     return priority, "", 0, text

@@ -14,11 +14,11 @@ current), so building the image needs no extra step.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from guestinit.init.root import Root
+from guestinit.notify import jsonenc
 
 CACHE = "/etc/guestinit/toml-cache.json"
 CONFIG_DIR = "/etc/guestinit"
@@ -30,7 +30,7 @@ class TomlError(ValueError):
 
 def read_cache(root: Root) -> dict[str, dict[str, object]]:
     try:
-        data = json.loads(root.read_text(CACHE, "{}"))
+        data = jsonenc.loads(root.read_text(CACHE, "{}"))
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
@@ -96,6 +96,8 @@ def build_cache(root: Root) -> dict[str, dict[str, object]]:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = f"{target}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
+        import json
+
         json.dump(cache, f, sort_keys=True, separators=(",", ":"))
         f.flush()
         os.fsync(f.fileno())

@@ -19,8 +19,7 @@ Nothing here raises on bad input: problems are returned as one-line strings.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import binascii  # not base64: that module imports re, which the boot path avoids
 import os
 from collections.abc import Callable
 
@@ -56,7 +55,7 @@ def _unbase64(text: bytes) -> bytes | None:
     compact = b"".join(text.split())  # systemd's unbase64mem() skips whitespace
     compact += b"=" * (-len(compact) % 4)
     try:
-        return base64.b64decode(compact, validate=True)
+        return binascii.a2b_base64(compact, strict_mode=True)
     except (binascii.Error, ValueError):
         return None
 

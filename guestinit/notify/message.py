@@ -7,7 +7,7 @@ lines are reported, never raised.
 
 from __future__ import annotations
 
-import json
+from guestinit.notify import jsonenc
 
 # Limits the host enforces on what one message may hold. systemd's own notify socket
 # accepts datagrams up to this size; a guest has no business sending more.
@@ -122,7 +122,7 @@ def encode_console_line(fields: dict[str, str]) -> bytes:
             raise ValueError(f"invalid notify key {key!r}: use A-Z, 0-9 and _")
         if "\n" in value or "\0" in value:
             raise ValueError(f"notify value for {key} contains a newline or NUL")
-    line = (CONSOLE_MARK + json.dumps(fields, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+    line = (CONSOLE_MARK + jsonenc.dumps(fields, ascii=True) + "\n").encode()
     if len(line) > MAX_CONSOLE_LINE_BYTES:
         raise ValueError(f"console line is {len(line)} bytes, over the {MAX_CONSOLE_LINE_BYTES} limit")
     return line
@@ -142,7 +142,7 @@ def parse_console_line(line: bytes) -> Parsed | None:
         out.dropped.append(f"console line of {len(body)} bytes exceeds {MAX_CONSOLE_LINE_BYTES}")
         return out
     try:
-        loaded = json.loads(body.decode("utf-8"))
+        loaded = jsonenc.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         out.dropped.append("console line: not a JSON object")
         return out
