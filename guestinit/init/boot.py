@@ -117,7 +117,7 @@ def load_modules(state: BootState) -> None:
         tree = modules.ModuleTree(state.root)
         wanted = [*BASE_MODULES, *state.config.strings("modules")]
         present = [m for m in wanted if tree.resolve(m) is not None]
-        state.module_results = modules.load(tree, present)
+        state.module_results = modules.load(tree, present, parallel=True)
         for result in state.module_results:
             if result.how == "failed":
                 state.log.warning(f"module {result.name}: {result.error}")

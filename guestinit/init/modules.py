@@ -207,21 +207,55 @@ def _modprobe(tree: ModuleTree, name: str, start: float, why: str, params: str =
         return LoadResult(name, "failed", boottime() - start, f"{why}; modprobe: {exc}")
 
 
+def levels(tree: ModuleTree, order: list[str]) -> list[list[str]]:
+    """Group modules (in load order) so each group depends only on earlier groups."""
+    level: dict[str, int] = {}
+    for name in order:
+        deps = [level[d] for d in tree.deps.get(name, []) if d in level]
+        level[name] = 1 + max(deps, default=-1)
+    groups: list[list[str]] = [[] for _ in range(1 + max(level.values(), default=-1))]
+    for name in order:
+        groups[level[name]].append(name)
+    return groups
+
+
 def load(
-    tree: ModuleTree, names: list[str] | tuple[str, ...], params: dict[str, str] | None = None
+    tree: ModuleTree,
+    names: list[str] | tuple[str, ...],
+    params: dict[str, str] | None = None,
+    parallel: bool = False,
 ) -> list[LoadResult]:
-    """Load names and their dependencies in order; a failed dependency fails its dependents."""
+    """Load names and their dependencies in order; a failed dependency fails its dependents.
+
+    With ``parallel``, modules that do not depend on each other load at the same time (one
+    thread each; finit_module releases the GIL and the kernel links them concurrently), a
+    dependency level at a time. Results come back in load order either way."""
     params = params or {}
-    results: list[LoadResult] = []
+    order = tree.order(names)
+    by_name: dict[str, LoadResult] = {}
     failed: set[str] = set()
-    for name in tree.order(names):
-        broken = [d for d in tree.deps.get(name, []) if d in failed]
-        if broken:
-            results.append(LoadResult(name, "failed", 0.0, f"dependency {broken[0]} failed"))
-            failed.add(name)
-            continue
-        result = load_one(tree, name, params.get(name, ""))
-        if result.how == "failed":
-            failed.add(name)
-        results.append(result)
-    return results
+    groups = levels(tree, order) if parallel else [[name] for name in order]
+    for group in groups:
+        runnable = []
+        for name in group:
+            broken = [d for d in tree.deps.get(name, []) if d in failed]
+            if broken:
+                by_name[name] = LoadResult(name, "failed", 0.0, f"dependency {broken[0]} failed")
+                failed.add(name)
+            else:
+                runnable.append(name)
+        if len(runnable) > 1:
+            import threading  # already imported by the notify sender
+
+            def run(name: str) -> None:
+                by_name[name] = load_one(tree, name, params.get(name, ""))
+
+            threads = [threading.Thread(target=run, args=(n,), name=f"load-{n}") for n in runnable]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        elif runnable:
+            by_name[runnable[0]] = load_one(tree, runnable[0], params.get(runnable[0], ""))
+        failed.update(n for n in runnable if by_name[n].how == "failed")
+    return [by_name[name] for name in order]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,43 @@ def test_no_modprobe_fork_when_the_kernel_refuses_the_module(
     result = modules.load_one(tree, "nvidia")
     assert result.how == "failed" and "No such device" in result.error
     assert fp.call_count(["modprobe", fp.any()]) == 0
+
+
+def test_levels_group_independent_modules(tree: modules.ModuleTree) -> None:
+    order = tree.order(["vmw_vsock_virtio_transport", "nvidia-uvm"])
+    assert modules.levels(tree, order) == [
+        ["vsock", "nvidia"],
+        ["vmw_vsock_virtio_transport_common", "nvidia_uvm"],
+        ["vmw_vsock_virtio_transport"],
+    ]
+
+
+def test_parallel_load_overlaps_independent_modules_and_keeps_dependency_order(
+    tree: modules.ModuleTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    for rel in tree.paths.values():
+        path = Path(tree.root(f"{tree.base}/{rel}"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x7fELF")
+    spans: dict[str, tuple[float, float]] = {}
+    lock = threading.Lock()
+
+    def fake_finit(fd: int, params: str = "", flags: int = 0) -> None:
+        name = modules.module_name(os.readlink(f"/proc/self/fd/{fd}"))
+        start = time.monotonic()
+        time.sleep(0.2)
+        with lock:
+            spans[name] = (start, time.monotonic())
+
+    monkeypatch.setattr(modules.syscalls, "finit_module", fake_finit)
+    results = modules.load(tree, ["vmw_vsock_virtio_transport", "nvidia-uvm"], parallel=True)
+    assert [r.name for r in results] == tree.order(["vmw_vsock_virtio_transport", "nvidia-uvm"])
+    assert all(r.how == "finit" for r in results)
+    # same level: they ran at the same time; a dependent started after its dependency ended
+    assert spans["nvidia"][0] < spans["vsock"][1] and spans["vsock"][0] < spans["nvidia"][1]
+    assert spans["vmw_vsock_virtio_transport_common"][0] >= spans["vsock"][1]
+    assert spans["nvidia_uvm"][0] >= spans["nvidia"][1]
+    assert spans["vmw_vsock_virtio_transport"][0] >= spans["vmw_vsock_virtio_transport_common"][1]
