@@ -137,3 +137,23 @@ def test_combine_initrd_rejects_garbage(tmp_path: Path) -> None:
     junk.write_bytes(b"hello")
     with pytest.raises(UserError, match="neither a newc cpio"):
         combine_initrd(img, [junk], tmp_path / "out")
+
+
+def test_only_a_kernel_death_before_init_is_retried(tmp_path: Path) -> None:
+    from guestinit.host.boot import BootResult, kernel_died_early
+
+    console = tmp_path / "console.log"
+    console.write_text(
+        "[    1.109615] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n"
+        "[    1.113036] Kernel panic - not syncing: Fatal exception in interrupt\n"
+    )
+    died = BootResult(console_log=str(console))
+    assert kernel_died_early(died) == "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
+    reported = BootResult(console_log=str(console), messages=[{"fields": {"STATUS": "x"}}])
+    assert kernel_died_early(reported) is None  # init ran: whatever followed is not the kernel's
+    console.write_text("[ 3.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n")
+    assert (
+        kernel_died_early(BootResult(console_log=str(console))) is None
+    )  # our init died: a bug, not retried
+    console.write_text("[ 3.1] clean\n")
+    assert kernel_died_early(BootResult(console_log=str(console))) is None
