@@ -6,6 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No per-example time limit: a loaded 2-core CI machine must not turn a slow example into a
+# failure (speed is measured by benchmarks, never asserted in tests).
+settings.register_profile("guestinit", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("guestinit")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
