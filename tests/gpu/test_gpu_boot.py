@@ -22,16 +22,15 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import notify_inbox
 import pytest
 from conftest import Tree, guest_gpus
 
 from guestinit.init import gpu_services, params, topology
 from guestinit.init.root import Root
-from guestinit.notify.message import parse
 
 REPO = Path(__file__).resolve().parents[2]
 KVER = os.uname().release
@@ -223,23 +222,8 @@ class GpuGuest:
         )
 
     def wait_for(self, key: str, timeout: float = 60.0) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        for msg in self.received:
-            if key in msg:
-                return msg
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                break
-            msg = parse(data).fields
-            self.received.append(msg)
-            if key in msg:
-                return msg
-        raise AssertionError(
-            f"no {key} within {timeout} s; got {self.received}; kmsg:\n{self.kmsg()[-4000:]}"
-        )
+        """The first message (received so far or next) that has ``key``."""
+        return notify_inbox.wait_for(self.sock, self.received, key, timeout, lambda: self.kmsg()[-4000:])
 
     def shutdown(self) -> dict[str, str]:
         assert self.proc is not None

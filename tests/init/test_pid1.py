@@ -18,12 +18,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import notify_inbox
 import pytest
 
 from guestinit.init.loop import Loop, SignalFd
 from guestinit.init.power_button import KEY_POWER, has_key
 from guestinit.init.reaper import Reaper
-from guestinit.notify.message import parse
 
 REPO = Path(__file__).resolve().parents[2]
 PY = "/usr/bin/python3"
@@ -71,23 +71,7 @@ class Guest:
 
     def wait_for(self, key: str, timeout: float = 30.0) -> dict[str, str]:
         """The first message (received so far or next) that has ``key``."""
-        deadline = time.monotonic() + timeout
-        for msg in self.received:
-            if key in msg:
-                return msg
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                break
-            msg = parse(data).fields
-            self.received.append(msg)
-            if key in msg:
-                return msg
-        raise AssertionError(
-            f"no {key} within {timeout} s; got {self.received}; kmsg:\n{self.kmsg()[-3000:]}"
-        )
+        return notify_inbox.wait_for(self.sock, self.received, key, timeout, lambda: self.kmsg()[-3000:])
 
     def finish(self, timeout: float = 30.0) -> str:
         assert self.proc is not None
