@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from guestinit import __version__
+from guestinit.atomicfile import write_atomic
 from guestinit.fabric import api, bridge, endpoints, nvfm
 from guestinit.fabric.manager import Change, Event, Manager, Refused
 from guestinit.fabric.state import StateError, StateFile
@@ -435,10 +436,7 @@ class Controller:
 
 
 def _write_ready(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    write_atomic(path, f"{os.getpid()}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

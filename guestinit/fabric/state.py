@@ -7,13 +7,13 @@ temporary file beside it, fsynced, renamed over the old one, and the folder fsyn
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from guestinit.atomicfile import write_atomic
 
 FORMAT = 1
 
@@ -54,21 +54,4 @@ class StateFile:
             "active": sorted(set(ids)),
             "updated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, json.dumps(data) + "\n", mode=0o600)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from guestinit.atomicfile import write_atomic
 from guestinit.host.build import cache_dir, mkosi_python_path, repo_root, sha256_file
 from guestinit.host.errors import UserError
 from guestinit.host.trim import elf_needed
@@ -126,16 +127,6 @@ def _zstd(data: bytes) -> bytes:
     return subprocess.run(["zstd", "-q", "-19", "-c"], input=data, capture_output=True, check=True).stdout
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def busybox_floor(busybox: Path = BUSYBOX, cache: Path | None = None) -> Path:
     """The floor's initrd (zstd newc cpio), built when busybox or the script changed."""
     if not busybox.is_file():
@@ -146,7 +137,7 @@ def busybox_floor(busybox: Path = BUSYBOX, cache: Path | None = None) -> Path:
     digest = hashlib.sha256(binary + BUSYBOX_INIT.encode()).hexdigest()[:16]
     out = (cache or cache_dir() / "baselines") / f"busybox-{digest}.cpio.zst"
     if not out.is_file():
-        _atomic_write(out, _zstd(newc(busybox_entries(binary))))
+        write_atomic(out, _zstd(newc(busybox_entries(binary))))
     return out
 
 

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from guestinit.atomicfile import write_atomic
 from guestinit.host import benchstats
 from guestinit.host.errors import UserError
 
@@ -350,16 +351,6 @@ def render_svg(report: dict[str, object]) -> str:
         "; ".join(str(t) for t in goal_text) if isinstance(goal_text, list) else "",
     ]
     return benchplot.render(benchplot.layout(rows, "Boot to READY: where the time goes", subtitle))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:

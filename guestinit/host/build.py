@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from guestinit import __version__
+from guestinit.atomicfile import write_atomic
 from guestinit.host.errors import UserError
 
 
@@ -39,6 +40,7 @@ GUEST_INPUTS = (
     "mkosi.profiles",
     "image",
     "guestinit/__init__.py",
+    "guestinit/atomicfile.py",
     "guestinit/init",
     "guestinit/notify",
     "guestinit/host/trim.py",
@@ -147,9 +149,7 @@ def write_manifest(out: Path, spec: ImageSpec, profile: str, digest: str, second
         "packages": _packages(out, spec.image_id),
     }
     path = out / "manifest.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 

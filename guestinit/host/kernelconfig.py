@@ -23,7 +23,6 @@ import argparse
 import gzip
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -31,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from guestinit.atomicfile import write_atomic
 from guestinit.host.errors import UserError
 
 FRAGMENTS_DIR = Path(__file__).resolve().parents[2] / "kernel-config"
@@ -310,12 +310,7 @@ def _extract_boot_config(deb: Path, cache: Path) -> Path:
                     source = archive.extractfile(member)
                     assert source is not None
                     dest = cache / name
-                    tmp = cache / f".{name}.{os.getpid()}.tmp"
-                    with open(tmp, "wb") as out:
-                        shutil.copyfileobj(source, out)
-                        out.flush()
-                        os.fsync(out.fileno())
-                    os.replace(tmp, dest)
+                    write_atomic(dest, source.read())  # a kernel config: a few hundred KiB
                     proc.stdout.close()
                     return dest
     raise KernelConfigError(f"{deb}: no /boot/config-* in the package", "is it a linux-image package?")

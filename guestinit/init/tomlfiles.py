@@ -92,16 +92,11 @@ def build_cache(root: Root) -> dict[str, dict[str, object]]:
             continue
         if _jsonable(data):
             cache[path] = {"text": text, "data": data}
-    target = root(CACHE)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        import json
+    import json
 
-        json.dump(cache, f, sort_keys=True, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, target)
+    from guestinit.atomicfile import write_atomic
+
+    write_atomic(root(CACHE), json.dumps(cache, sort_keys=True, separators=(",", ":")))
     return cache
 
 
