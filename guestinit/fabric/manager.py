@@ -341,6 +341,14 @@ class Manager:
     def table(self) -> nvfm.PartitionTable:
         return self._with_fm(lambda conn: conn.partitions())
 
+    def _find(self, conn: nvfm.Connection, partition_id: int) -> tuple[nvfm.PartitionTable, nvfm.Partition]:
+        """fabricmanager's table and the partition in it; Refused (with the reason) if absent."""
+        table = conn.partitions()
+        found = table.get(partition_id)
+        if found is None:
+            raise self._unknown(conn, partition_id, table)
+        return table, found
+
     def _unknown(self, conn: nvfm.Connection, partition_id: int, table: nvfm.PartitionTable) -> Refused:
         try:
             unsupported = {u.id: u for u in conn.unsupported_partitions()}
@@ -358,11 +366,7 @@ class Manager:
 
     def partition(self, partition_id: int) -> nvfm.Partition:
         def op(conn: nvfm.Connection) -> nvfm.Partition:
-            table = conn.partitions()
-            found = table.get(partition_id)
-            if found is None:
-                raise self._unknown(conn, partition_id, table)
-            return found
+            return self._find(conn, partition_id)[1]
 
         return self._with_fm(op)
 
@@ -371,10 +375,7 @@ class Manager:
 
         def op(conn: nvfm.Connection) -> Change:
             nonlocal version
-            table = conn.partitions()
-            wanted = table.get(partition_id)
-            if wanted is None:
-                raise self._unknown(conn, partition_id, table)
+            table, wanted = self._find(conn, partition_id)
             if wanted.active:
                 return Change(wanted, False, f"partition {partition_id} is already active", table.active_ids)
             blocker = overlapping(table, wanted)
@@ -415,10 +416,7 @@ class Manager:
 
         def op(conn: nvfm.Connection) -> Change:
             nonlocal version
-            table = conn.partitions()
-            wanted = table.get(partition_id)
-            if wanted is None:
-                raise self._unknown(conn, partition_id, table)
+            table, wanted = self._find(conn, partition_id)
             if not wanted.active:
                 return Change(wanted, False, f"partition {partition_id} is not active", table.active_ids)
             try:
