@@ -34,10 +34,13 @@ def mounted_targets(root: Root) -> set[str]:
 
 
 def mount_all(root: Root) -> list[str]:
-    """Mount what is not mounted yet; return what was mounted. Required mounts raise on failure."""
+    """Mount what is not mounted yet; return what was mounted. Required mounts raise on failure.
+
+    /proc/self/mounts is read once, and once more right after /proc itself is mounted (before
+    that it cannot be read); what we mount is added to the set as we go."""
     done: list[str] = []
+    already = mounted_targets(root)
     for source, target, fstype, flags, data, required in MOUNTS:
-        already = mounted_targets(root)
         if target in already:
             continue
         path = root(target)
@@ -51,10 +54,11 @@ def mount_all(root: Root) -> list[str]:
                 raise
             continue
         done.append(target)
+        already = mounted_targets(root) if target == "/proc" else already | {target}
     filesystems = root.read_text("/proc/filesystems", "")
     available = {line.split()[-1] for line in filesystems.splitlines() if line.strip()}
     for source, target, fstype, flags in OPTIONAL:
-        if fstype in available and target not in mounted_targets(root) and root.exists(target):
+        if fstype in available and target not in already and root.exists(target):
             try:
                 syscalls.mount(source, root(target), fstype, flags)
                 done.append(target)
