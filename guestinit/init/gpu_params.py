@@ -9,9 +9,11 @@ costs a CPU-only boot nothing but this file: stdlib ``re`` and plain classes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
 from guestinit.init.paramtypes import Param, ParamError, absolute_path, boolean, choice, seconds_between
+
+TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 # ------------------------------------------------------------------ resizable BAR (pci)
 

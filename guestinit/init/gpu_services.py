@@ -24,13 +24,18 @@ The kata-agent (``after = ["*"]``) starts after all of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from guestinit.init import service_config
 from guestinit.init.params import Config
 from guestinit.init.root import Root
 from guestinit.init.service_config import ServiceSpec
 from guestinit.init.topology import Topology
+
+TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Args = Callable[[Config, Root], "list[str] | None"]  # None: not wanted with this configuration
+    Ready = Callable[[Config, Root], "object"]
 
 GPU_MODES = ("gpu", "gpu-nvl4", "gpu-nvl5")
 NVL_MODES = ("gpu-nvl4", "gpu-nvl5")
@@ -47,9 +52,6 @@ FABRICMANAGER = "/usr/bin/nv-fabricmanager"
 # against the real program. A services.d/nvlsm.toml replaces it.
 NVLSM = "/opt/nvidia/nvlsm/sbin/nvlsm"
 NVLSM_CONFIG = "/usr/share/nvidia/nvlsm/nvlsm.conf"
-
-Args = Callable[[Config, Root], "list[str] | None"]  # None: not wanted with this configuration
-Ready = Callable[[Config, Root], "object"]
 
 
 def _smi_setting(flag: str, key: str) -> Args:

@@ -9,16 +9,20 @@ Waits are events or deadlines, never fixed sleeps.
 from __future__ import annotations
 
 import ctypes
-import heapq
 import os
-import selectors
+import select
 import struct
 import time
-from collections.abc import Callable, Iterable
+from _heapq import heappop, heappush  # heapq.py adds only what the loop does not use
 
 from guestinit.init import syscalls
 
-Callback = Callable[[], None]
+TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    Callback = Callable[[], None]
+
 
 SFD_NONBLOCK = 0o4000
 SFD_CLOEXEC = 0o2000000
@@ -46,22 +50,28 @@ class Loop:
     """A tiny reactor: readers/writers on fds, timers on time.monotonic()."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()  # not selectors: that module imports collections and math
         self._callbacks: dict[int, list[Callback | None]] = {}  # fd -> [reader, writer]
+        self._registered: set[int] = set()
         self._timers: list[Timer] = []
 
     def _update(self, fd: int) -> None:
         reader, writer = self._callbacks.get(fd, [None, None])
-        events = (selectors.EVENT_READ if reader else 0) | (selectors.EVENT_WRITE if writer else 0)
-        registered = fd in self._selector.get_map()
+        events = (select.EPOLLIN if reader else 0) | (select.EPOLLOUT if writer else 0)
+        registered = fd in self._registered
         if not events:
             self._callbacks.pop(fd, None)
             if registered:
-                self._selector.unregister(fd)
+                self._registered.discard(fd)
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:  # closed before it was removed: epoll dropped it already
+                    pass
         elif registered:
-            self._selector.modify(fd, events)
+            self._epoll.modify(fd, events)
         else:
-            self._selector.register(fd, events)
+            self._epoll.register(fd, events)
+            self._registered.add(fd)
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         self._callbacks.setdefault(fd, [None, None])[0] = callback
@@ -83,7 +93,7 @@ class Loop:
 
     def call_at(self, when: float, callback: Callback) -> Timer:
         timer = Timer(when, callback)
-        heapq.heappush(self._timers, timer)
+        heappush(self._timers, timer)
         return timer
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
@@ -92,23 +102,25 @@ class Loop:
     def run_once(self, max_wait: float) -> None:
         """Wait at most max_wait seconds for one round of events, then run due timers."""
         while self._timers and self._timers[0].cancelled:
-            heapq.heappop(self._timers)
+            heappop(self._timers)
         timeout = max_wait
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0].when - time.monotonic()))
-        for key, mask in self._selector.select(timeout):
-            callbacks = self._callbacks.get(key.fd)
+        for fd, mask in self._epoll.poll(timeout):
+            callbacks = self._callbacks.get(fd)
             if callbacks is None:
                 continue
+            # Errors and hang-ups wake both sides, as selectors does: the callback's read or
+            # write then sees what happened.
             reader = callbacks[0]
-            if mask & selectors.EVENT_READ and reader is not None:
+            if mask & ~select.EPOLLOUT and reader is not None:
                 reader()
-            callbacks = self._callbacks.get(key.fd)
-            if mask & selectors.EVENT_WRITE and callbacks is not None and callbacks[1] is not None:
+            callbacks = self._callbacks.get(fd)
+            if mask & ~select.EPOLLIN and callbacks is not None and callbacks[1] is not None:
                 callbacks[1]()
         now = time.monotonic()
         while self._timers and (self._timers[0].cancelled or self._timers[0].when <= now):
-            timer = heapq.heappop(self._timers)
+            timer = heappop(self._timers)
             if not timer.cancelled:
                 timer.cancelled = True
                 timer.callback()
@@ -123,7 +135,7 @@ class Loop:
         return True
 
     def close(self) -> None:
-        self._selector.close()
+        self._epoll.close()
 
 
 def sigset(signals: Iterable[int]) -> ctypes.Array[ctypes.c_ulong]:

@@ -5,8 +5,9 @@ or iproute2 in the image, this is one SIOCSIFFLAGS ioctl."""
 from __future__ import annotations
 
 import fcntl
-import socket
 import struct
+
+from guestinit.init.cmodules import socket
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -16,10 +17,13 @@ _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then ifr_flags in the u
 
 def interface_up(name: str = "lo") -> bool:
     """Set IFF_UP on an interface; True when it was down before."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
         request = _IFREQ.pack(name.encode(), 0)
         flags = _IFREQ.unpack(fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, request))[1]
         if flags & IFF_UP:
             return False
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, _IFREQ.pack(name.encode(), flags | IFF_UP))
         return True
+    finally:
+        s.close()

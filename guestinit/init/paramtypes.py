@@ -8,7 +8,9 @@ other's code and the boot path stays light (stdlib only, no dataclasses).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class ParamError(ValueError):

@@ -10,12 +10,12 @@ order, X_SYSTEMD_SHUTDOWN=poweroff to the host, sync, unmount, power off.
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from guestinit.init import mounts, syscalls
 from guestinit.init.boot import BootState, boot, choose_target
 from guestinit.init.boot import degraded as boot_degraded
+from guestinit.init.cmodules import signal, signal_name
 from guestinit.init.kmsg import Log
 from guestinit.init.loop import SignalFd
 from guestinit.init.reaper import Reaper
@@ -61,7 +61,7 @@ def kill_everything(log: Log, reaper: Reaper | None = None) -> None:
         except ProcessLookupError:
             return
         except OSError as exc:
-            log.warning(f"kill(-1, {sig.name}): {exc}")
+            log.warning(f"kill(-1, {signal_name(sig)}): {exc}")
         while sig == signal.SIGTERM and time.monotonic() < deadline:
             if reaper is not None:
                 reaper.reap()
@@ -112,7 +112,7 @@ class Init:
             if info.signo == signal.SIGCHLD:
                 self.reaper.reap()
             elif info.signo in SHUTDOWN_SIGNALS:
-                self.request_shutdown(f"signal {signal.Signals(info.signo).name} from pid {info.pid}")
+                self.request_shutdown(f"signal {signal_name(info.signo)} from pid {info.pid}")
             else:
                 self.state.log.info(f"ignoring signal {info.signo} from pid {info.pid}")
 

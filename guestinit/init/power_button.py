@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 
 from guestinit.init.loop import Loop
 from guestinit.init.root import Root
+
+TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 EV_KEY = 1
 KEY_POWER = 116

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
-from collections.abc import Callable
 
+from guestinit.init.cmodules import socket
 from guestinit.init.loop import Loop, Timer
 from guestinit.init.root import Root
 from guestinit.init.syslog import Line, Ring
@@ -21,10 +20,11 @@ from guestinit.init.syslog import Line, Ring
 TYPE_CHECKING = False  # re is imported only when a log probe exists; mypy reads this as usual
 if TYPE_CHECKING:
     import re
+    from collections.abc import Callable
 
-Done = Callable[[bool, str], None]
-# run(argv, on_exit(status)) -> pid: start a probe command as the service's user, reaped centrally
-RunCommand = Callable[[tuple[str, ...], Callable[[int], None]], int]
+    Done = Callable[[bool, str], None]
+    # run(argv, on_exit(status)) -> pid: start a probe command as the service's user, reaped centrally
+    RunCommand = Callable[[tuple[str, ...], Callable[[int], None]], int]
 
 
 class Probe:

@@ -7,9 +7,14 @@ Nothing else in init may wait for a child: a second waiter would steal statuses.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
-ExitCallback = Callable[[int, int], None]
+from guestinit.init.cmodules import signal_name
+
+TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    ExitCallback = Callable[[int, int], None]
 
 
 class Reaper:
@@ -50,15 +55,8 @@ class Reaper:
 
 def describe(status: int) -> str:
     """A wait status in words: 'exited with 3', 'killed by SIGKILL'."""
-    import signal
-
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        return f"killed by {name}"
+        return f"killed by {signal_name(os.WTERMSIG(status))}"
     if os.WIFEXITED(status):
         return f"exited with {os.WEXITSTATUS(status)}"
     return f"status {status:#x}"

@@ -16,12 +16,16 @@ from __future__ import annotations
 import errno
 import os
 import select
-import socket
-import threading
 import time
+from _thread import allocate_lock
 
+from guestinit.init.cmodules import socket
 from guestinit.notify.address import VSOCK_KINDS, Target
 from guestinit.notify.message import CONSOLE_MARK, MAX_MESSAGE_BYTES, encode, encode_console_line, fit
+
+TYPE_CHECKING = False  # threading is imported with the first retry thread; mypy reads this as usual
+if TYPE_CHECKING:
+    import threading
 
 __all__ = ["CONSOLE_MARK", "SERIAL_PORT_NAME", "SendError", "Sender", "find_virtio_port"]
 
@@ -66,39 +70,49 @@ def _send_vsock(target: Target, data: bytes, timeout_s: float) -> None:
     last: OSError | None = None
     for kind in kinds:
         try:
-            with socket.socket(socket.AF_VSOCK, kind) as s:
-                s.settimeout(timeout_s)
-                if kind == socket.SOCK_DGRAM:
-                    s.sendto(data, (target.cid, target.port))
-                    return
-                s.connect((target.cid, target.port))
-                s.sendall(data)
-                if kind == socket.SOCK_STREAM:
-                    s.shutdown(socket.SHUT_WR)
-                return
+            s = socket.socket(socket.AF_VSOCK, kind)
         except OSError as exc:
             last = exc
+            continue
+        try:
+            s.settimeout(timeout_s)
+            if kind == socket.SOCK_DGRAM:
+                s.sendto(data, (target.cid, target.port))
+                return
+            s.connect((target.cid, target.port))
+            s.sendall(data)
+            if kind == socket.SOCK_STREAM:
+                s.shutdown(socket.SHUT_WR)
+            return
+        except OSError as exc:
+            last = exc
+        finally:
+            s.close()
     raise SendError(f"{target}: {last}")
 
 
 def _send_unix(target: Target, data: bytes, timeout_s: float) -> None:
     path = target.path
     address = "\0" + path[1:] if path.startswith("@") else path
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.settimeout(timeout_s)
-            s.sendto(data, address)
-            return
+        s.settimeout(timeout_s)
+        s.sendto(data, address)
+        return
     except OSError as exc:
         if exc.errno not in (errno.EPROTOTYPE, errno.ECONNREFUSED):  # maybe a stream socket
             raise SendError(f"{target}: {exc}") from None
+    finally:
+        s.close()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout_s)
-            s.connect(address)
-            s.sendall(data)
+        s.settimeout(timeout_s)
+        s.connect(address)
+        s.sendall(data)
     except OSError as exc:
         raise SendError(f"{target}: {exc}") from None
+    finally:
+        s.close()
 
 
 class _Item:
@@ -129,8 +143,10 @@ class Sender:
         self.max_backoff_s = max_backoff_s
         self._pending: list[_Item] = []
         self._busy = False  # someone is using the transport (inline send, retry thread, flush)
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        self._lock = allocate_lock()
+        # The retry thread and the condition it waits on exist once a send has failed (a
+        # boot whose first send goes out never imports threading).
+        self._wake: threading.Condition | None = None
         self._thread: threading.Thread | None = None
         self.sent = 0
         self.dropped = 0
@@ -216,7 +232,7 @@ class Sender:
             if not ok:
                 self._pending.insert(0, item)
                 self._ensure_thread()
-            self._wake.notify_all()
+            self._notify()
         return ok
 
     def _try(self, item: _Item, timeout_s: float) -> bool:
@@ -237,10 +253,26 @@ class Sender:
                     break
         self._pending.append(item)
         self._ensure_thread()
-        self._wake.notify_all()
+        self._notify()
+
+    def _condition(self) -> threading.Condition:
+        """The condition on ``_lock`` that waiters sleep on; the caller holds the lock."""
+        if self._wake is None:
+            import threading
+
+            self._wake = threading.Condition(self._lock)
+        return self._wake
+
+    def _notify(self) -> None:
+        """Wake every waiter; the caller holds the lock. No condition yet: nobody waits."""
+        if self._wake is not None:
+            self._wake.notify_all()
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
+            import threading
+
+            self._condition()
             self._thread = threading.Thread(target=self._retry, name="notify-retry", daemon=True)
             self._thread.start()
 
@@ -249,7 +281,7 @@ class Sender:
         while True:
             with self._lock:
                 while not self._pending or self._busy:
-                    self._wake.wait()
+                    self._condition().wait()
                 item = self._pending[0]
                 self._busy = True
             ok = self._try(item, RETRY_TIMEOUT_S)
@@ -258,9 +290,9 @@ class Sender:
                 if ok:
                     self._pending.remove(item)
                     delay = FIRST_BACKOFF_S
-                self._wake.notify_all()
+                self._notify()
                 if not ok:
-                    self._wake.wait(timeout=delay)  # a new send or a flush wakes us early
+                    self._condition().wait(timeout=delay)  # a new send or a flush wakes us early
                     delay = min(delay * 2, self.max_backoff_s)
 
     @property
@@ -278,7 +310,7 @@ class Sender:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    self._wake.wait(timeout=min(left, 0.05))
+                    self._condition().wait(timeout=min(left, 0.05))
                 if not self._pending:
                     return True
                 left = deadline - time.monotonic()
@@ -291,6 +323,6 @@ class Sender:
                 self._busy = False
                 if ok:
                     self._pending.remove(item)
-                self._wake.notify_all()
+                self._notify()
             if not ok:
                 time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))

@@ -11,10 +11,13 @@ image's own: the kernel unpacks them into the same /etc/guestinit/services.d.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from guestinit.init import tomlfiles
 from guestinit.init.root import Root
+
+TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SERVICES_DIR = "/etc/guestinit/services.d"
 _NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")

@@ -11,9 +11,8 @@ pid with the reaper before returning to the loop, so no exit status is ever lost
 from __future__ import annotations
 
 import os
-import signal
-import warnings
 
+from guestinit.init.cmodules import signal
 from guestinit.init.root import Root
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -157,6 +156,8 @@ def spawn(
         # Python 3.12+ warns about fork() while other threads exist (the notify retry
         # thread may): the child only makes system calls before exec, which makes that safe.
         # (A message= filter would compile a regex and import re on the boot path.)
+        import warnings  # not before the first service: a boot with none never imports it
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()

@@ -9,12 +9,11 @@ any -> failed (gave up) / stopping -> stopped; skipped (condition false) and dis
 from __future__ import annotations
 
 import os
-import signal
 import time
-from collections.abc import Callable
 
 from guestinit.init import probes, spawn
 from guestinit.init.clock import boottime
+from guestinit.init.cmodules import signal
 from guestinit.init.kmsg import INFO, Log
 from guestinit.init.loop import Loop, Timer
 from guestinit.init.reaper import Reaper, describe, succeeded
@@ -24,14 +23,16 @@ from guestinit.init.syslog import Ring
 
 TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import psutil  # imported for real only when a service is stopped
+
+    Event = Callable[["Service", str], None]
 
 SETTLED = frozenset({"ready", "exited", "failed", "skipped", "disabled", "stopped"})
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 10.0
 MAX_LINE = 4096
-
-Event = Callable[["Service", str], None]
 
 
 class Pipe:

@@ -10,12 +10,10 @@ sees each new line as it arrives instead of re-reading the file on a timer.
 from __future__ import annotations
 
 import os
-import socket
 import struct
-from collections import deque
-from collections.abc import Callable
 
 from guestinit.init.clock import boottime
+from guestinit.init.cmodules import socket
 from guestinit.init.kmsg import Log
 from guestinit.init.loop import Loop
 from guestinit.init.root import Root
@@ -24,9 +22,18 @@ RING_PATH = "/run/syslog.log"
 SOCKET_PATH = "/dev/log"
 MAX_DATAGRAM = 16 * 1024
 _UCRED = struct.Struct("iII")
-TYPE_CHECKING = False  # re is imported on the first message, not at boot; mypy reads this as usual
+# re is imported on the first message, not at boot; collections' package is never imported
+# (deque comes from its C module). mypy reads the TYPE_CHECKING branch as usual.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
+    from collections import deque
+    from collections.abc import Callable
+
+    Subscriber = Callable[["Line"], None]
+    Owner = Callable[[int, str], str | None]
+else:
+    from _collections import deque
 
 _PATTERNS: tuple[re.Pattern[str], re.Pattern[str]] | None = None
 
@@ -54,9 +61,6 @@ class Line:
         self.pid = pid
         self.priority = priority
         self.text = text
-
-
-Subscriber = Callable[[Line], None]
 
 
 class Ring:
@@ -144,9 +148,6 @@ def parse(data: bytes) -> tuple[int, str, int, str]:
     if tag:
         return priority, tag.group(1), int(tag.group(2) or 0), text[tag.end() :]
     return priority, "", 0, text
-
-
-Owner = Callable[[int, str], str | None]
 
 
 class Syslog:

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import binascii  # not base64: that module imports re, which the boot path avoids
 import os
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    PathMap = Callable[[str], str]
 
 NOTIFY_CREDENTIAL = "vmm.notify_socket"
 FW_CFG_DIR = "/sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials"
@@ -37,7 +42,6 @@ MAX_SMBIOS_ENTRY_BYTES = 64 * 1024
 MAX_SMBIOS_ENTRIES = 256
 SMBIOS_HEADER_BYTES = 5  # type, length, handle (2), string count
 
-PathMap = Callable[[str], str]
 Credential = tuple[str, bytes]
 
 
