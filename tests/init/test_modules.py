@@ -95,15 +95,6 @@ def test_no_modprobe_fork_when_the_kernel_refuses_the_module(
     assert fp.call_count(["modprobe", fp.any()]) == 0
 
 
-def test_levels_group_independent_modules(tree: modules.ModuleTree) -> None:
-    order = tree.order(["vmw_vsock_virtio_transport", "nvidia-uvm"])
-    assert modules.levels(tree, order) == [
-        ["vsock", "nvidia"],
-        ["vmw_vsock_virtio_transport_common", "nvidia_uvm"],
-        ["vmw_vsock_virtio_transport"],
-    ]
-
-
 def test_parallel_load_overlaps_independent_modules_and_keeps_dependency_order(
     tree: modules.ModuleTree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,3 +124,66 @@ def test_parallel_load_overlaps_independent_modules_and_keeps_dependency_order(
     assert spans["vmw_vsock_virtio_transport_common"][0] >= spans["vsock"][1]
     assert spans["nvidia_uvm"][0] >= spans["nvidia"][1]
     assert spans["vmw_vsock_virtio_transport"][0] >= spans["vmw_vsock_virtio_transport_common"][1]
+
+
+def _fake_modules(tree: modules.ModuleTree) -> None:
+    for rel in tree.paths.values():
+        path = Path(tree.root(f"{tree.base}/{rel}"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x7fELF")
+
+
+def test_a_dependent_starts_when_its_own_dependencies_are_in_not_a_whole_level(
+    tree: modules.ModuleTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    _fake_modules(tree)
+    spans: dict[str, tuple[float, float]] = {}
+    lock = threading.Lock()
+    slow = {"nvidia": 0.8}
+
+    def fake_finit(fd: int, params: str = "", flags: int = 0) -> None:
+        name = modules.module_name(os.readlink(f"/proc/self/fd/{fd}"))
+        start = time.monotonic()
+        time.sleep(slow.get(name, 0.05))
+        with lock:
+            spans[name] = (start, time.monotonic())
+
+    monkeypatch.setattr(modules.syscalls, "finit_module", fake_finit)
+    loading = modules.Loading(tree, ["vmw_vsock_virtio_transport", "nvidia"])
+    results = loading.wait()
+    assert loading.done and all(r.how == "finit" for r in results)
+    # the vsock chain went on while nvidia (same level as vsock) was still loading
+    assert spans["vmw_vsock_virtio_transport"][1] < spans["nvidia"][1]
+
+
+def test_background_loading_fails_dependents_and_never_hangs_on_an_exception(
+    tree: modules.ModuleTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    _fake_modules(tree)
+
+    def fake_finit(fd: int, params: str = "", flags: int = 0) -> None:
+        name = modules.module_name(os.readlink(f"/proc/self/fd/{fd}"))
+        if name == "vsock":
+            raise OSError(errno.ENOMEM, "finit_module: Cannot allocate memory")
+        if name == "nvidia":
+            raise RuntimeError("a bug in the loader")
+
+    monkeypatch.setattr(modules.syscalls, "finit_module", fake_finit)
+    results = {r.name: r for r in modules.Loading(tree, ["vmw_vsock_virtio_transport", "nvidia-uvm"]).wait()}
+    assert results["vsock"].how == "failed" and "Cannot allocate" in results["vsock"].error
+    assert results["vmw_vsock_virtio_transport_common"].error == "dependency vsock failed"
+    assert results["vmw_vsock_virtio_transport"].how == "failed"
+    assert (
+        results["nvidia"].how == "failed" and "RuntimeError: a bug in the loader" in results["nvidia"].error
+    )
+    assert results["nvidia_uvm"].error == "dependency nvidia failed"
+
+
+def test_nothing_to_load_is_done_at_once(tree: modules.ModuleTree) -> None:
+    loading = modules.Loading(tree, [])
+    assert loading.done and loading.wait() == []
