@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from guestinit import __version__
-from guestinit.init import gpu, modules, mounts, net, params, services, settings, tomlfiles
+from guestinit.init import coldplug, gpu, modules, mounts, net, params, services, settings, tomlfiles
 from guestinit.init.clock import Phase, Timeline, boottime, kernel_log_stamp
 from guestinit.init.kmsg import LEVELS, Log
 from guestinit.init.loop import Loop
@@ -19,19 +19,6 @@ from guestinit.init.report import SERIAL_PORT_NAME, Sender, find_virtio_port
 from guestinit.init.root import Root
 from guestinit.notify import credentials, jsonenc
 from guestinit.notify.address import AddressError, Target, parse_target
-
-# Modules the guest loads itself (no udev): the vsock transports for the readiness channel,
-# qemu_fw_cfg (systemd's vmm.notify_socket credential can come on fw_cfg), the ACPI power
-# button and evdev (QEMU's system_powerdown arrives as a KEY_POWER event), and the virtio RNG
-# so the CRNG is seeded early. Absent ones (not in the image) are skipped.
-BASE_MODULES = (
-    "vmw_vsock_virtio_transport",
-    "vsock_loopback",
-    "qemu_fw_cfg",
-    "button",
-    "evdev",
-    "virtio_rng",
-)
 
 
 class BootState:
@@ -46,6 +33,7 @@ class BootState:
         self.config = params.parse_cmdline("")
         self.sender: Sender | None = None
         self.module_results: list[modules.LoadResult] = []
+        self.module_loading: modules.Loading | None = None  # from start_modules to finish_modules
         self.gpu: gpu.GpuState | None = None
         self.locked = False  # guestinit.lockdown applied: no module loads after boot's own
         self.problems: list[str] = []
@@ -94,8 +82,6 @@ def early(state: BootState) -> None:
         except OSError:
             pass
         log.reopen(root("/dev/kmsg"))
-        if state.exec_s is None and root.is_real:
-            state.exec_s = kernel_log_stamp("Run /init as init process", root("/dev/kmsg"))
         if root.is_real:
             try:
                 net.interface_up("lo")
@@ -112,16 +98,39 @@ def early(state: BootState) -> None:
             state.problems.append(problem)
 
 
-def load_modules(state: BootState) -> None:
-    with state.timeline.phase("modules"):
-        tree = modules.ModuleTree(state.root)
-        wanted = [*BASE_MODULES, *state.config.strings("modules")]
-        present = [m for m in wanted if tree.resolve(m) is not None]
-        state.module_results = modules.load(tree, present, parallel=True)
-        for result in state.module_results:
-            if result.how == "failed":
-                state.log.warning(f"module {result.name}: {result.error}")
-                state.problems.append(f"module {result.name} failed")
+def start_modules(state: BootState) -> None:
+    """Start loading, in the background, the modules this VM's devices call for (coldplug.py)
+    and those ``guestinit.modules=`` names; finish_modules() collects them. The kernel links
+    them on other CPUs while the init goes on with the GPU phase."""
+    phase = Phase("modules", boottime())
+    state.timeline.phases.append(phase)
+    tree = modules.ModuleTree(state.root)
+    devices = coldplug.Devices(state.root)
+    wanted = [*coldplug.wanted(devices, bool(state.config.text("notify"))), *state.config.strings("modules")]
+    present = [m for m in wanted if tree.resolve(m) is not None]
+    state.module_loading = modules.Loading(tree, present)
+
+
+def read_exec_time(state: BootState) -> None:
+    """When the kernel ran init, from its log: the start of "init exec to READY"."""
+    if state.exec_s is None and state.root.is_real:
+        state.exec_s = kernel_log_stamp("Run /init as init process", state.root("/dev/kmsg"))
+
+
+def finish_modules(state: BootState) -> None:
+    """Wait for the last of start_modules()' loads; a failed one is a problem, not fatal."""
+    loading = state.module_loading
+    if loading is None:
+        return
+    results = loading.wait()
+    for phase in state.timeline.phases:
+        if phase.name == "modules":
+            phase.end_s = boottime()
+    state.module_results[:0] = results  # before the GPU phase's own, loaded meanwhile
+    for result in results:
+        if result.how == "failed":
+            state.log.warning(f"module {result.name}: {result.error}")
+            state.problems.append(f"module {result.name} failed")
 
 
 def bring_up_gpus(state: BootState) -> None:
@@ -215,8 +224,10 @@ def boot(state: BootState) -> None:
     """The whole sequence; PID 1 then supervises until shutdown. A shutdown request during
     boot (signal, power button) ends it early, without READY."""
     early(state)
-    load_modules(state)
+    start_modules(state)
+    read_exec_time(state)
     bring_up_gpus(state)
+    finish_modules(state)
     lock_modules(state)
     connect_notify(state)
     start_logging(state)

@@ -108,8 +108,9 @@ def test_ready_over_vsock_loopback_from_smbios_credential(kata_image: Path, tmp_
         run_dir=run_dir,
         extra_initrd=[relay_initrd(tmp_path / "relay.cpio")],
         # guestctl boot passes guestinit.notify=serial:...; an empty value restores "auto", so the
-        # credential decides, as it would for an image booted by mkosi vm.
-        append="rdinit=/test-init guestinit.notify=",
+        # credential decides, as it would for an image booted by mkosi vm. The vsock loopback
+        # transport is no device: it loads only when asked for (its dependencies with it).
+        append="rdinit=/test-init guestinit.notify= guestinit.modules=vsock_loopback",
         qemu_extra=(
             "-smbios",
             f"type=11,value=io.systemd.credential.binary:vmm.notify_socket={credential}",
