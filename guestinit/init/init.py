@@ -1,6 +1,6 @@
 #!/usr/bin/python3 -IS
-# /init and /sbin/init in the guest image. Kept tiny: the interpreter does not cache the
-# main script's bytecode, so everything else lives in byte-compiled modules.
+# /init and /sbin/init in the guest image (as init.pyc: see image/mkosi.postinst.chroot).
+# Kept tiny: everything else lives in byte-compiled modules.
 import sys
 import time
 
@@ -9,4 +9,7 @@ sys.path.append("/usr/lib/python3/dist-packages")
 
 from guestinit.init.cli import main  # noqa: E402
 
-sys.exit(main(start_s=_start))
+# Run as init.pyc from /init's "#!/usr/bin/env -S python3 -IS .../init.pyc" line, the kernel
+# (or a shell) puts the path of /init itself after ours: drop it.
+args = sys.argv[2:] if sys.argv[0].endswith(".pyc") else sys.argv[1:]
+sys.exit(main(args, start_s=_start))

@@ -43,9 +43,11 @@ def test_python_is_sourceless_and_trimmed(tree: Path) -> None:
     assert sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*.py")) == ["guestinit/init/init.py"]
 
 
-def test_init_is_a_zip_application(tree: Path) -> None:
-    init = (tree / "init").read_bytes()
-    assert init.startswith(b"#!/usr/bin/python3 ") and b"__main__.pyc" in init
+def test_init_runs_the_compiled_init_through_env(tree: Path) -> None:
+    line = (tree / "init").read_text()
+    pyc = "/usr/lib/python3/dist-packages/guestinit/init/init.pyc"
+    assert line == f"#!/usr/bin/env -S /usr/bin/python3 -IS {pyc}\n"
+    assert (tree / pyc.lstrip("/")).is_file() and (tree / "usr/bin/env").is_file()
     assert os.readlink(tree / "usr/sbin/init") == "/init"
 
 
