@@ -131,12 +131,14 @@ def resolve_kernel(image: Path, kernel: Path | None) -> Path:
 
 
 def combine_initrd(image: Path, extras: list[Path], out: Path) -> Path:
-    """Append extra cpio archives to the image. A plain cpio after a zstd image is ignored by
-    the kernel, so plain extras are zstd-compressed first when the image is compressed."""
+    """Append extra cpio archives to the image, each in the image's own form: the kernel
+    cannot find a plain cpio after a zstd image (its zstd reader takes the rest as more
+    frames), so plain extras are compressed after a zstd image; after a plain image, zstd
+    extras are decompressed, so the initrd stays one copy the kernel reads without a decoder."""
     if not extras:
         return image
     with open(image, "rb") as f:
-        image_magic = f.read(4)
+        image_zstd = f.read(4) == ZSTD_MAGIC
     with open(out, "wb") as dst:
         with open(image, "rb") as src:
             shutil.copyfileobj(src, dst)
@@ -145,20 +147,34 @@ def combine_initrd(image: Path, extras: list[Path], out: Path) -> Path:
                 raise UserError(f"extra initrd {extra} not found", hint="pass an existing cpio archive")
             with open(extra, "rb") as f:
                 magic = f.read(6)
-            if magic.startswith(CPIO_MAGIC) and image_magic == ZSTD_MAGIC:
-                data = subprocess.run(
-                    ["zstd", "-q", "-c", os.fspath(extra)], capture_output=True, check=True
-                ).stdout
-                dst.write(data)
-            elif magic.startswith(CPIO_MAGIC) or magic[:4] == ZSTD_MAGIC:
-                with open(extra, "rb") as src:
-                    shutil.copyfileobj(src, dst)
-            else:
+            extra_zstd = magic[:4] == ZSTD_MAGIC
+            if not extra_zstd and not magic.startswith(CPIO_MAGIC):
                 raise UserError(
                     f"extra initrd {extra} is neither a newc cpio nor zstd-compressed",
                     hint="create it with `cpio -o -H newc` (optionally zstd-compressed)",
                 )
+            if extra_zstd == image_zstd:
+                with open(extra, "rb") as src:
+                    shutil.copyfileobj(src, dst)
+            else:
+                dst.write(_zstd(extra, decompress=extra_zstd))
     return out
+
+
+def _zstd(path: Path, decompress: bool) -> bytes:
+    argv = ["zstd", "-q", "-c", *(["-d"] if decompress else []), os.fspath(path)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise UserError("zstd not found", hint="apt-get install zstd (or run make setup)") from None
+    if proc.returncode != 0:
+        what = "decompress" if decompress else "compress"
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise UserError(
+            f"zstd could not {what} extra initrd {path}: {detail[0]}",
+            hint="pass a newc cpio or a whole zstd-compressed one",
+        )
+    return proc.stdout
 
 
 def choose_accel(requested: str, kernel: Path) -> tuple[str, str]:

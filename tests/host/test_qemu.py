@@ -130,6 +130,24 @@ def test_combine_initrd_compresses_plain_cpio_after_zstd(tmp_path: Path) -> None
     assert data == base.read_bytes() + extra.read_bytes()
 
 
+def test_combine_initrd_decompresses_zstd_extra_after_plain_image(tmp_path: Path) -> None:
+    base = _cpio(tmp_path, "a", b"A")
+    extra = _cpio(tmp_path, "b", b"B")
+    subprocess.run(["zstd", "-q", str(extra), "-o", str(tmp_path / "b.cpio.zst")], check=True)
+    plain = _cpio(tmp_path, "c", b"C")
+    out = combine_initrd(base, [tmp_path / "b.cpio.zst", plain], tmp_path / "out.img")
+    # the initrd stays plain: the kernel reads it with no decoder
+    assert out.read_bytes() == base.read_bytes() + extra.read_bytes() + plain.read_bytes()
+
+
+def test_combine_initrd_refuses_a_broken_zstd_extra(tmp_path: Path) -> None:
+    base = _cpio(tmp_path, "a", b"A")
+    broken = tmp_path / "broken.cpio.zst"
+    broken.write_bytes(b"\x28\xb5\x2f\xfd" + b"\xff" * 16)
+    with pytest.raises(UserError, match=r"zstd could not decompress extra initrd .*broken\.cpio\.zst"):
+        combine_initrd(base, [broken], tmp_path / "out.img")
+
+
 def test_combine_initrd_rejects_garbage(tmp_path: Path) -> None:
     img = tmp_path / "img"
     img.write_bytes(b"\x28\xb5\x2f\xfd")
