@@ -112,7 +112,13 @@ def sha256_file(path: Path) -> str:
 
 
 def _artifacts(out: Path, image_id: str) -> list[dict[str, object]]:
-    kinds = {".cpio.zst": "initrd", ".vmlinuz": "kernel", ".raw": "disk", ".erofs": "erofs"}
+    kinds = {
+        ".cpio": "initrd",
+        ".cpio.zst": "initrd",
+        ".vmlinuz": "kernel",
+        ".raw": "disk",
+        ".erofs": "erofs",
+    }
     artifacts = []
     for path in sorted(out.iterdir()):
         if path.is_symlink() or not path.is_file() or not path.name.startswith(image_id):
@@ -163,6 +169,20 @@ def _up_to_date(out: Path, digest: str) -> bool:
             for a in data["artifacts"]
         )
     return False
+
+
+def _remove_previous_outputs(out: Path) -> None:
+    """Delete the artifacts the last build's manifest lists (mkosi is about to write them
+    again), so one that mkosi no longer writes, such as an initrd renamed from .cpio.zst to
+    .cpio, neither lingers for a tool to pick up nor lands in the new manifest."""
+    try:
+        artifacts = json.loads((out / "manifest.json").read_text())["artifacts"]
+        names = [str(a["name"]) for a in artifacts]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for name in names:
+        if name and "/" not in name and name not in (".", ".."):
+            (out / name).unlink(missing_ok=True)
 
 
 def _restore_from_cache(cached: Path, out: Path, digest: str) -> bool:
@@ -281,6 +301,7 @@ def build(
     env = dict(os.environ, PYTHONPATH=os.fspath(mkosi_python_path()))
     _say(log, f"$ PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}")
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_outputs(out)
     import time
 
     start = time.monotonic()

@@ -56,7 +56,7 @@ def test_bad_image_profile_and_package_dir(tmp_path: Path) -> None:
 
 
 def test_manifest_lists_artifacts_with_sha256(tmp_path: Path) -> None:
-    (tmp_path / "guestinit-kata.cpio.zst").write_bytes(b"initrd")
+    (tmp_path / "guestinit-kata.cpio").write_bytes(b"initrd")
     (tmp_path / "guestinit-kata.vmlinuz").write_bytes(b"kernel")
     (tmp_path / "guestinit-kata.kver").write_text("6.12.1\n")
     (tmp_path / "guestinit-kata.manifest").write_text(
@@ -68,8 +68,40 @@ def test_manifest_lists_artifacts_with_sha256(tmp_path: Path) -> None:
     assert data["packages"] == {"python3-minimal": "3.13.5-1"}
     by_name = {a["name"]: a for a in data["artifacts"]}
     assert by_name["guestinit-kata.vmlinuz"]["kind"] == "kernel"
-    assert by_name["guestinit-kata.cpio.zst"]["size"] == 6
-    assert by_name["guestinit-kata.cpio.zst"]["sha256"] == build.sha256_file(
-        tmp_path / "guestinit-kata.cpio.zst"
-    )
+    assert by_name["guestinit-kata.cpio"]["kind"] == "initrd"
+    assert by_name["guestinit-kata.cpio"]["size"] == 6
+    assert by_name["guestinit-kata.cpio"]["sha256"] == build.sha256_file(tmp_path / "guestinit-kata.cpio")
     assert build._up_to_date(tmp_path, "d" * 64) and not build._up_to_date(tmp_path, "e" * 64)
+
+
+def test_a_zstd_initrd_is_an_initrd_too(tmp_path: Path) -> None:
+    (tmp_path / "guestinit-kata.cpio.zst").write_bytes(b"gpu initrd")  # the gpu profile's output
+    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "gpu", "d" * 64, 1.0)
+    [artifact] = json.loads(path.read_text())["artifacts"]
+    assert (artifact["name"], artifact["kind"], artifact["size"]) == ("guestinit-kata.cpio.zst", "initrd", 10)
+
+
+def test_a_rebuild_first_removes_what_the_last_manifest_listed(tmp_path: Path) -> None:
+    (tmp_path / "guestinit-kata.cpio.zst").write_bytes(b"old initrd")
+    (tmp_path / "guestinit-kata.vmlinuz").write_bytes(b"kernel")
+    build.write_manifest(tmp_path, build.IMAGES["kata"], "default", "d" * 64, 1.0)
+    (tmp_path / "notes.txt").write_text("not an artifact\n")
+    build._remove_previous_outputs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "notes.txt"]
+    # the next manifest names only what the new build wrote
+    (tmp_path / "guestinit-kata.cpio").write_bytes(b"new initrd")
+    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "default", "d" * 64, 1.0)
+    assert [a["name"] for a in json.loads(path.read_text())["artifacts"]] == ["guestinit-kata.cpio"]
+
+
+def test_removing_previous_outputs_ignores_a_missing_or_bad_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "guestinit-kata.cpio").write_bytes(b"initrd")
+    build._remove_previous_outputs(out)
+    (out / "manifest.json").write_text('{"artifacts": [{"name": "../escape"}, {"name": ""}]}')
+    (tmp_path / "escape").write_text("outside\n")
+    build._remove_previous_outputs(out)
+    (out / "manifest.json").write_text("not json")
+    build._remove_previous_outputs(out)
+    assert (out / "guestinit-kata.cpio").is_file() and (tmp_path / "escape").is_file()
