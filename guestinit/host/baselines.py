@@ -1,7 +1,7 @@
 """The two baselines ``guestctl bench`` boots beside the guestinit image.
 
 - ``busybox``: the floor. A newc cpio holding only the host's static busybox, a shell
-  ``/init`` and three device nodes, zstd-compressed like the image. Built here in Python from
+  ``/init`` and three device nodes, uncompressed like the image. Built here in Python from
   ``/bin/busybox`` (Debian's busybox-static) and cached under ~/.cache/guestinit/baselines,
   keyed by a digest of busybox and the script.
 - ``systemd``: the same Debian trixie userland as the guestinit image (python3-minimal,
@@ -121,23 +121,18 @@ def busybox_entries(busybox: bytes, init: str = BUSYBOX_INIT) -> list[Entry]:
     ]
 
 
-def _zstd(data: bytes) -> bytes:
-    if shutil.which("zstd") is None:
-        raise UserError("zstd not found", hint="apt-get install zstd (or run make setup)")
-    return subprocess.run(["zstd", "-q", "-19", "-c"], input=data, capture_output=True, check=True).stdout
-
-
 def busybox_floor(busybox: Path = BUSYBOX, cache: Path | None = None) -> Path:
-    """The floor's initrd (zstd newc cpio), built when busybox or the script changed."""
+    """The floor's initrd (a plain newc cpio, like the guestinit image: no in-kernel decoding),
+    built when busybox or the script changed."""
     if not busybox.is_file():
         raise UserError(f"{busybox} not found", hint="apt-get install busybox-static (or run make setup)")
     binary = busybox.read_bytes()
     if binary[:4] != b"\x7fELF" or elf_needed(busybox):
         raise UserError(f"{busybox} is not a static ELF binary", hint="install busybox-static, not busybox")
     digest = hashlib.sha256(binary + BUSYBOX_INIT.encode()).hexdigest()[:16]
-    out = (cache or cache_dir() / "baselines") / f"busybox-{digest}.cpio.zst"
+    out = (cache or cache_dir() / "baselines") / f"busybox-{digest}.cpio"
     if not out.is_file():
-        write_atomic(out, _zstd(newc(busybox_entries(binary))))
+        write_atomic(out, newc(busybox_entries(binary)))
     return out
 
 
@@ -149,8 +144,7 @@ def systemd_inputs(root: Path) -> list[Path]:
     base = root / SYSTEMD_DIR
     files = sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     sources = root / "image" / "mkosi.sandbox"
-    shared = [root / "image" / p for p in ("keep.list", "mkosi.postoutput")]
-    shared.append(root / "guestinit" / "host" / "trim.py")
+    shared = [root / "image" / "keep.list", root / "guestinit" / "host" / "trim.py"]
     return files + sorted(p for p in sources.rglob("*") if p.is_file()) + shared
 
 
@@ -186,7 +180,7 @@ def systemd_baseline(rebuild: bool = False, log: TextIO = sys.stderr) -> Path:
     root = repo_root()
     digest = systemd_digest(root)
     cached = cache_dir() / "baselines" / f"systemd-{digest[:16]}"
-    image = cached / f"{SYSTEMD_ID}.cpio.zst"
+    image = cached / f"{SYSTEMD_ID}.cpio"
     if image.is_file() and not rebuild:
         return image
     if not (mkosi_python_path() / "mkosi").is_dir():
@@ -204,10 +198,12 @@ def systemd_baseline(rebuild: bool = False, log: TextIO = sys.stderr) -> Path:
             hint=f"see its output above; the config is {SYSTEMD_DIR}/mkosi.conf",
             exit_code=1,
         )
-    built = out / f"{SYSTEMD_ID}.cpio.zst"
+    built = out / f"{SYSTEMD_ID}.cpio"
     if not built.is_file():
         raise UserError(
-            f"mkosi did not produce {built}", hint=f"check Format=cpio in {SYSTEMD_DIR}", exit_code=1
+            f"mkosi did not produce {built}",
+            hint=f"check Format=cpio and CompressOutput=no in {SYSTEMD_DIR}/mkosi.conf",
+            exit_code=1,
         )
     tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -225,6 +221,6 @@ def systemd_baseline(rebuild: bool = False, log: TextIO = sys.stderr) -> Path:
 
 def kernel_version_of(image: Path) -> str:
     """The kernel version an mkosi image's modules were built for ('' when unknown)."""
-    name = image.name.removesuffix(".cpio.zst")
+    name = image.name.removesuffix(".zst").removesuffix(".cpio")
     kver = image.with_name(f"{name}.kver")
     return kver.read_text().strip() if kver.is_file() else ""
