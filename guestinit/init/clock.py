@@ -87,6 +87,7 @@ def kernel_log_stamp(marker: str, kmsg: str = "/dev/kmsg") -> float | None:
         fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    wanted = marker.encode()
     try:
         for _ in range(100000):
             try:
@@ -99,9 +100,11 @@ def kernel_log_stamp(marker: str, kmsg: str = "/dev/kmsg") -> float | None:
                 return None
             if not record:
                 return None
+            if wanted not in record:  # one search per record: a boot logs hundreds of them
+                continue
             for line in record.split(b"\n"):
                 head, sep, text = line.partition(b";")
-                if sep and not line.startswith(b" ") and marker.encode() in text:
+                if sep and not line.startswith(b" ") and wanted in text:
                     fields = head.split(b",")
                     return int(fields[2]) / 1e6 if len(fields) > 2 else None
         return None
