@@ -31,4 +31,4 @@ def kata_image() -> Path:
     from guestinit.host.build import build
 
     manifest = build("kata", if_needed=True, log=io.StringIO())
-    return manifest.parent / "guestinit-kata.cpio.zst"
+    return manifest.parent / "guestinit-kata.cpio"
