@@ -27,7 +27,7 @@ CAPTIONS = {
     "busybox": "busybox sh /init (floor)",
     "systemd": "systemd as init",
 }
-DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio.zst")
+DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio")
 
 
 @dataclass(frozen=True)

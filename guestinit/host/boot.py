@@ -20,7 +20,7 @@ from guestinit.host import qemu
 from guestinit.host.errors import UserError
 from guestinit.host.listen import Listener, Message
 
-DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio.zst")
+DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio")
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CPIO_MAGIC = b"070701"

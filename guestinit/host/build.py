@@ -52,7 +52,7 @@ IMAGES: dict[str, ImageSpec] = {
         ".",
         "guestinit-kata",
         GUEST_INPUTS,
-        "the Kata guest: Debian trixie, guestinit as PID 1, zstd cpio + kernel",
+        "the Kata guest: Debian trixie, guestinit as PID 1, newc cpio + kernel",
         profiles=("gpu",),
     ),
     "servicevm": ImageSpec(

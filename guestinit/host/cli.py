@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.set_defaults(func=_build)
         p = sub.add_parser("boot", help="boot an image in QEMU, wait for READY, print the timeline")
-        p.add_argument("image", nargs="?", default="build/kata/guestinit-kata.cpio.zst")
+        p.add_argument("image", nargs="?", default="build/kata/guestinit-kata.cpio")
         p.add_argument("--kernel", help="kernel (default: the .vmlinuz beside the image)")
         p.add_argument("--append", help="extra kernel command-line arguments")
         p.add_argument(

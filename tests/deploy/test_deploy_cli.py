@@ -200,7 +200,7 @@ def test_changed_artifact_is_refused_and_prefix_untouched(
     prefix = tmp_path / "opt-kata"
     assert run(capsys, "deploy", "--manifest", builds[0], "--prefix", prefix)[0] == 0
     before = tree(prefix)
-    initrd = builds[1].parent / "guestinit-kata.cpio.zst"
+    initrd = builds[1].parent / "guestinit-kata.cpio"
     data = bytearray(initrd.read_bytes())
     data[1000] ^= 0xFF
     initrd.write_bytes(bytes(data))

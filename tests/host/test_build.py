@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,21 @@ def test_removing_previous_outputs_ignores_a_missing_or_bad_manifest(tmp_path: P
     (out / "manifest.json").write_text("not json")
     build._remove_previous_outputs(out)
     assert (out / "guestinit-kata.cpio").is_file() and (tmp_path / "escape").is_file()
+
+
+@pytest.mark.skipif(not (build.mkosi_python_path() / "mkosi").is_dir(), reason="mkosi not set up")
+def test_default_image_is_uncompressed_and_the_gpu_profile_keeps_zstd(tmp_path: Path) -> None:
+    root = build.repo_root()
+    env = dict(os.environ, PYTHONPATH=os.fspath(build.mkosi_python_path()))
+    seen = {}
+    for profile in ("default", "gpu"):
+        argv = build.mkosi_command(root, build.IMAGES["kata"], profile, tmp_path, {})
+        assert argv[-2:] == ["-f", "build"]
+        argv[-2:] = ["--json", "summary"]
+        out = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        config = json.loads(out.stdout)["Images"][-1]
+        assert config["Format"] == "cpio" and config["PostOutputScripts"] == []
+        seen[profile] = config["CompressOutput"]
+    # guestinit-kata.cpio, read by the kernel with no decoder; the gpu image stays .cpio.zst
+    assert seen == {"default": "none", "gpu": "zstd"}

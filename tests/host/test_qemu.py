@@ -109,6 +109,7 @@ def test_resolve_kernel(tmp_path: Path) -> None:
         resolve_kernel(image, None)
     (tmp_path / "x.vmlinuz").write_bytes(b"k")
     assert resolve_kernel(image, None) == tmp_path / "x.vmlinuz"
+    assert resolve_kernel(tmp_path / "x.cpio", None) == tmp_path / "x.vmlinuz"  # the default image's form
 
 
 def _cpio(tmp_path: Path, name: str, content: bytes) -> Path:
