@@ -30,6 +30,7 @@ else:
             return _socket
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = ["signal", "signal_name", "socket"]
 
 _ALIASES = frozenset({"SIGIOT", "SIGPOLL", "SIGCLD"})  # signal.Signals names the other spelling
