@@ -48,6 +48,7 @@ class BootState:
         self.sender: Sender | None = None
         self.module_results: list[modules.LoadResult] = []
         self.module_loading: modules.Loading | None = None  # from start_modules to finish_modules
+        self.module_phase: Phase | None = None
         self.gpu: gpu.GpuState | None = None
         self.locked = False  # guestinit.lockdown applied: no module loads after boot's own
         self.problems: list[str] = []
@@ -114,7 +115,7 @@ def start_modules(state: BootState) -> None:
     """Start loading, in the background, the modules this VM's devices call for (coldplug.py)
     and those ``guestinit.modules=`` names; finish_modules() collects them. The kernel links
     them on other CPUs while the init goes on with the GPU phase."""
-    phase = Phase("modules", boottime())
+    phase = state.module_phase = Phase("modules", boottime())
     state.timeline.phases.append(phase)
     tree = modules.ModuleTree(state.root)
     devices = coldplug.Devices(state.root)
@@ -136,13 +137,11 @@ def finish_modules(state: BootState) -> None:
     main thread idle for 25-40 ms under TCG, and the imports took 50-70 ms after it)."""
     from guestinit.init import report, services  # noqa: F401
 
-    loading = state.module_loading
-    if loading is None:
+    loading, phase = state.module_loading, state.module_phase
+    if loading is None or phase is None:
         return
     results = loading.wait()
-    for phase in state.timeline.phases:
-        if phase.name == "modules":
-            phase.end_s = boottime()
+    phase.end_s = boottime()
     state.module_results[:0] = results  # before the GPU phase's own, loaded meanwhile
     for result in results:
         if result.how == "failed":
