@@ -3,10 +3,6 @@ go into the one readiness message the host turns into a timeline.
 
 After the early mounts everything runs on one event loop (loop.py), in one thread: signals,
 the reaper, /dev/log, the power button and the services. ``boot()`` is the sequence.
-
-Only what the first phases use is imported with this module: the code of the later ones
-(GPU, notify, services) is imported while the kernel loads modules (finish_modules), so
-that the two overlap on the VM's CPUs.
 """
 
 from __future__ import annotations
@@ -14,25 +10,15 @@ from __future__ import annotations
 import os
 
 from guestinit import __version__
-from guestinit.init import coldplug, modules, mounts, params, settings, tomlfiles
+from guestinit.init import coldplug, gpu, modules, mounts, net, params, services, settings, tomlfiles
 from guestinit.init.clock import Phase, Timeline, boottime, kernel_log_stamp
 from guestinit.init.kmsg import LEVELS, Log
 from guestinit.init.loop import Loop
 from guestinit.init.reaper import Reaper
+from guestinit.init.report import SERIAL_PORT_NAME, Sender, find_virtio_port
 from guestinit.init.root import Root
-from guestinit.notify import jsonenc
-
-TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
-if TYPE_CHECKING:
-    from guestinit.init import gpu, services
-    from guestinit.init.report import Sender
-    from guestinit.notify.address import Target
-
-
-class CriticalFailure(Exception):
-    """A critical service failed: the VM fails closed with this exit status."""
-
-    exit_status = 2
+from guestinit.notify import credentials, jsonenc
+from guestinit.notify.address import AddressError, Target, parse_target
 
 
 class BootState:
@@ -68,10 +54,6 @@ def choose_target(config: params.Config, root: Root) -> tuple[Target, str]:
     ``vmm.notify_socket`` credential (fw_cfg, SMBIOS type 11, kernel command line), else the
     virtio-serial port named guestinit.notify, else the console. A bad address falls back to
     the console, and the returned source says why."""
-    from guestinit.init.report import SERIAL_PORT_NAME, find_virtio_port
-    from guestinit.notify import credentials
-    from guestinit.notify.address import AddressError, Target, parse_target
-
     text = config.text("notify")
     if text:
         try:
@@ -101,6 +83,12 @@ def early(state: BootState) -> None:
         except OSError:
             pass
         log.reopen(root("/dev/kmsg"))
+        if root.is_real:
+            try:
+                net.interface_up("lo")
+            except OSError as exc:
+                log.warning(f"loopback: {exc}")
+                state.problems.append("lo not up")
     with state.timeline.phase("cmdline"):
         state.toml_cache = tomlfiles.read_cache(root) if root.exists(tomlfiles.CONFIG_DIR) else {}
         image = settings.load(root, state.toml_cache)
@@ -131,12 +119,7 @@ def read_exec_time(state: BootState) -> None:
 
 
 def finish_modules(state: BootState) -> None:
-    """Wait for the last of start_modules()' loads; a failed one is a problem, not fatal.
-    Before waiting, import the code of the phases after the lockdown: that work runs on one
-    CPU while the kernel links modules on the others (measured: the modules phase had the
-    main thread idle for 25-40 ms under TCG, and the imports took 50-70 ms after it)."""
-    from guestinit.init import report, services  # noqa: F401
-
+    """Wait for the last of start_modules()' loads; a failed one is a problem, not fatal."""
     loading, phase = state.module_loading, state.module_phase
     if loading is None or phase is None:
         return
@@ -151,8 +134,6 @@ def finish_modules(state: BootState) -> None:
 
 def bring_up_gpus(state: BootState) -> None:
     """Topology, BAR / hugepage tuning, the NVIDIA modules and nodes, the GPU services (gpu.py)."""
-    from guestinit.init import gpu
-
     gpu.bring_up(state)
 
 
@@ -165,8 +146,6 @@ def lock_modules(state: BootState) -> None:
 
 
 def connect_notify(state: BootState) -> None:
-    from guestinit.init.report import Sender
-
     with state.timeline.phase("notify"):
         target, source = choose_target(state.config, state.root)
         state.log.info(f"notify target {target} from {source}")
@@ -175,26 +154,15 @@ def connect_notify(state: BootState) -> None:
 
 def start_logging(state: BootState) -> None:
     """/dev/log and the ring file; the power button (its driver loaded with the modules)."""
-    from guestinit.init import services
-
     with state.timeline.phase("syslog"):
         state.logging = services.open_logging(state, state.config.number("syslog_kib"))
 
 
 def start_services(state: BootState) -> None:
     """Start the services and wait (bounded by their own timeouts) until each is ready, has
-    failed, or was skipped. A critical failure raises CriticalFailure. The loopback interface
-    comes up first (daemons such as fabricmanager listen on 127.0.0.1; TCP probes connect there)."""
-    from guestinit.init import net, services
-
+    failed, or was skipped. A critical failure raises services.CriticalFailure."""
     assert state.logging is not None
     with state.timeline.phase("services"):
-        if state.root.is_real:
-            try:
-                net.interface_up("lo")
-            except OSError as exc:
-                state.log.warning(f"loopback: {exc}")
-                state.problems.append("lo not up")
         generated = state.gpu.services if state.gpu is not None else []
         sup = state.supervisor = services.load(state, state.logging.ring, generated)
         sup.start()
@@ -208,7 +176,7 @@ def start_services(state: BootState) -> None:
             state.timeline.phases.append(phase)
     failure = sup.critical_failure()
     if failure and not state.shutdown_why:
-        raise CriticalFailure(failure)
+        raise services.CriticalFailure(failure)
 
 
 def degraded(state: BootState) -> list[str]:

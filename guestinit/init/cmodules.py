@@ -18,18 +18,7 @@ if TYPE_CHECKING:
     import socket
 else:
     import _signal as signal
-
-    def __getattr__(name):
-        """``socket`` on first use (PEP 562): initialising _socket's hundreds of constants
-        costs 5-10 ms under TCG, and the first modules that need it load after the ones
-        that only use signals."""
-        if name == "socket":
-            import _socket
-
-            globals()["socket"] = _socket
-            return _socket
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+    import _socket as socket
 
 __all__ = ["signal", "signal_name", "socket"]
 

@@ -13,19 +13,16 @@ import os
 import time
 
 from guestinit.init import mounts, syscalls
-from guestinit.init.boot import BootState, CriticalFailure, boot, choose_target
+from guestinit.init.boot import BootState, boot, choose_target
 from guestinit.init.boot import degraded as boot_degraded
 from guestinit.init.cmodules import signal, signal_name
 from guestinit.init.kmsg import Log
 from guestinit.init.loop import SignalFd
 from guestinit.init.reaper import Reaper
+from guestinit.init.report import Sender
 from guestinit.init.root import Root
+from guestinit.init.services import CriticalFailure, Service
 from guestinit.notify import jsonenc
-
-TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
-if TYPE_CHECKING:
-    from guestinit.init.report import Sender
-    from guestinit.init.services import Service
 
 __all__ = ["HANDLED", "SHUTDOWN_SIGNALS", "Init", "Reaper", "power_off", "run", "run_as_pid1"]
 
@@ -160,8 +157,6 @@ class Init:
         """The notify sender; one is made here when boot failed before it had one."""
         state = self.state
         if state.sender is None:
-            from guestinit.init.report import Sender
-
             try:
                 target, _source = choose_target(state.config, state.root)
                 root = state.root

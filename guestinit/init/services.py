@@ -17,7 +17,13 @@ TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads thi
 if TYPE_CHECKING:
     from guestinit.init.boot import BootState
 
-__all__ = ["Logging", "Service", "Supervisor", "load", "open_logging"]
+__all__ = ["CriticalFailure", "Logging", "Service", "Supervisor", "load", "open_logging"]
+
+
+class CriticalFailure(Exception):
+    """A critical service failed: the VM fails closed with this exit status."""
+
+    exit_status = 2
 
 
 class Logging:
