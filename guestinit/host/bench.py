@@ -27,7 +27,6 @@ CAPTIONS = {
     "busybox": "busybox sh /init (floor)",
     "systemd": "systemd as init",
 }
-DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio")
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,7 @@ def resolve_images(specs: list[tuple[str, Path | None]]) -> list[BenchImage]:
 
 def _guestinit_image() -> Path:
     """The default Kata image, built (or restored from the cache) when its inputs changed."""
+    from guestinit.host.boot import DEFAULT_IMAGE
     from guestinit.host.build import build
 
     print("guestctl bench: checking the guestinit image (guestctl build kata --if-needed)", file=sys.stderr)

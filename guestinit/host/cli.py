@@ -32,10 +32,10 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _boot(args: argparse.Namespace) -> int:
-    from guestinit.host.boot import BootOptions, boot, format_timeline, summary
+    from guestinit.host.boot import DEFAULT_IMAGE, BootOptions, boot, format_timeline, summary
 
     opts = BootOptions(
-        image=Path(args.image),
+        image=Path(args.image) if args.image else DEFAULT_IMAGE,
         kernel=Path(args.kernel) if args.kernel else None,
         append=args.append or "",
         extra_initrd=[Path(p) for p in args.extra_initrd or []],
@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.set_defaults(func=_build)
         p = sub.add_parser("boot", help="boot an image in QEMU, wait for READY, print the timeline")
-        p.add_argument("image", nargs="?", default="build/kata/guestinit-kata.cpio")
+        p.add_argument(
+            "image", nargs="?", help="initrd to boot (default: the Kata image `guestctl build` writes)"
+        )
         p.add_argument("--kernel", help="kernel (default: the .vmlinuz beside the image)")
         p.add_argument("--append", help="extra kernel command-line arguments")
         p.add_argument(

@@ -132,7 +132,9 @@ def load_driver(state: BootState, gpu: GpuState) -> None:
     config, root, topo = state.config, state.root, gpu.topology
     plan = nvidia.module_plan(topo.spec.modules, len(topo.gpus), config.values)
     with state.timeline.phase("gpu modules"):
-        tree = modules.ModuleTree(root)
+        # the base modules' tree (read-only once built, loads under way share it), else a new one
+        loading = state.module_loading
+        tree = loading.tree if loading is not None else modules.ModuleTree(root)
         results = modules.load(tree, [m.name for m in plan], {m.name: m.params for m in plan})
     state.module_results.extend(results)
     how = {r.name: r for r in results}

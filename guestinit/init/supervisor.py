@@ -132,6 +132,15 @@ class Service:
         self.after_stop: Callable[[], None] | None = None
         self.adopted = False  # pid_file: the main process is the daemon the started program forked
 
+    def stop_readiness_wait(self) -> None:
+        """Cancel the ready timeout and the readiness probe, if they are still running."""
+        if self.ready_timer is not None:
+            self.ready_timer.cancel()
+            self.ready_timer = None
+        if self.probe is not None:
+            self.probe.cancel()
+            self.probe = None
+
     @property
     def settled(self) -> bool:
         return self.state in SETTLED
@@ -409,12 +418,7 @@ class Supervisor:
                 self._event(svc, "exited")
             return
         if svc.state == "starting":
-            if svc.ready_timer is not None:
-                svc.ready_timer.cancel()
-                svc.ready_timer = None
-            if svc.probe is not None:
-                svc.probe.cancel()
-                svc.probe = None
+            svc.stop_readiness_wait()
             self._failed(svc, f"{what} before it was ready")
             return
         if svc.state == "ready":
@@ -514,12 +518,7 @@ class Supervisor:
         svc.after_stop = then
         svc.stop_started = time.monotonic()
         svc.stop_how = "exited"
-        if svc.ready_timer is not None:
-            svc.ready_timer.cancel()
-            svc.ready_timer = None
-        if svc.probe is not None:
-            svc.probe.cancel()
-            svc.probe = None
+        svc.stop_readiness_wait()
         if svc.restart_timer is not None:
             svc.restart_timer.cancel()
             svc.restart_timer = None

@@ -9,7 +9,7 @@ from guestinit.init import coldplug
 from guestinit.init.root import Root
 
 
-def _sysfs(root: Path, virtio: dict[str, str], acpi: list[str], platform: list[str] = []) -> Root:  # noqa: B006
+def _sysfs(root: Path, virtio: dict[str, str], acpi: list[str], platform: tuple[str, ...] = ()) -> Root:
     for name, device in virtio.items():
         d = root / "sys/bus/virtio/devices" / name
         d.mkdir(parents=True)
@@ -46,7 +46,7 @@ def test_no_device_no_driver(tmp_path: Path) -> None:
 
 
 def test_control_method_button_and_fw_cfg_on_the_platform_bus(tmp_path: Path) -> None:
-    root = _sysfs(tmp_path, {}, ["PNP0C0C:00"], ["QEMU0002:00", "serial8250"])
+    root = _sysfs(tmp_path, {}, ["PNP0C0C:00"], ("QEMU0002:00", "serial8250"))
     assert coldplug.wanted(coldplug.Devices(root), notify_given=False) == ["button", "evdev", "qemu_fw_cfg"]
 
 
