@@ -12,7 +12,7 @@ from guestinit.host.errors import UserError
 
 
 def _build(args: argparse.Namespace) -> int:
-    from guestinit.host.build import build
+    from guestinit.host.build.images import build
 
     env = {}
     for item in args.env or []:
@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     # Subcommands implemented in their own modules take their own argument parsers.
     passthrough = {
         "listen": ("guestinit.host.listen_cli", "main"),
-        "plan": ("guestinit.host.plan", "main"),
-        "deploy": ("guestinit.host.deploy", "deploy_main"),
-        "rollback": ("guestinit.host.deploy", "rollback_main"),
+        "plan": ("guestinit.host.plan.planner", "main"),
+        "deploy": ("guestinit.host.kata.deploy", "deploy_main"),
+        "rollback": ("guestinit.host.kata.deploy", "rollback_main"),
         "kernel-config": ("guestinit.host.kernelconfig", "main"),
-        "bench": ("guestinit.host.bench", "main"),
+        "bench": ("guestinit.host.bench.run", "main"),
     }
     try:
         if argv and argv[0] in passthrough:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host import baselines
-from guestinit.host.baselines import S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, Entry, newc
-from guestinit.host.build import mkosi_python_path
+from guestinit.host.bench import baselines
+from guestinit.host.bench.baselines import S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, Entry, newc
+from guestinit.host.build.images import mkosi_python_path
 from guestinit.host.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,11 +105,11 @@ def test_systemd_report_script_parses() -> None:
 
 
 def test_systemd_digest_follows_its_inputs(tmp_path: Path) -> None:
-    for rel in ("baselines/systemd", "image/mkosi.sandbox", "guestinit/host"):
+    for rel in ("baselines/systemd", "image/mkosi.sandbox", "guestinit/host/build"):
         (tmp_path / rel).mkdir(parents=True)
     (tmp_path / "baselines/systemd/mkosi.conf").write_text("[Output]\n")
     (tmp_path / "image/keep.list").write_text("usr/bin/python3*\n")
-    (tmp_path / "guestinit/host/trim.py").write_text("")
+    (tmp_path / "guestinit/host/build/trim.py").write_text("")
     first = baselines.systemd_digest(tmp_path)
     (tmp_path / "image/keep.list").write_text("usr/bin/python3*\nusr/bin/kmod\n")
     assert baselines.systemd_digest(tmp_path) != first

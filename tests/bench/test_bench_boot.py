@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host import baselines, bench
-from guestinit.host.benchstats import METRIC_KEYS
+from guestinit.host.bench import baselines
+from guestinit.host.bench import run as bench
+from guestinit.host.bench.stats import METRIC_KEYS
 from guestinit.host.boot import BootOptions, boot, resolve_kernel
 
 pytestmark = pytest.mark.boot

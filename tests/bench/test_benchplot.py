@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host import benchplot
-from guestinit.host.bench import render_svg, stats_from_json
-from guestinit.host.benchstats import PHASES, Stat
+from guestinit.host.bench import plot as benchplot
+from guestinit.host.bench.run import render_svg, stats_from_json
+from guestinit.host.bench.stats import PHASES, Stat
 
 RECORDED = Path(__file__).parent / "data" / "recorded-bench.json"
 NS = {"svg": "http://www.w3.org/2000/svg"}
@@ -88,7 +88,7 @@ def test_guestinit_row_shows_its_own_phases(report: dict[str, object]) -> None:
 
 
 def test_init_phases_split_exec_to_ready() -> None:
-    from guestinit.host.bench import init_phases
+    from guestinit.host.bench.run import init_phases
 
     run = {"exec_s": 2.0, "start_s": 2.4, "phases": [{"name": "mounts", "start_s": 2.9, "end_s": 3.0}]}
     assert [(p["name"], p["start_s"], p["end_s"]) for p in init_phases(run)] == [

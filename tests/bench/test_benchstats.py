@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host import benchstats
-from guestinit.host.bench import format_table
-from guestinit.host.benchstats import Stat
+from guestinit.host.bench import stats as benchstats
+from guestinit.host.bench.run import format_table
+from guestinit.host.bench.stats import Stat
 
 RECORDED = Path(__file__).parent / "data" / "recorded-bench.json"
 

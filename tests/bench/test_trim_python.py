@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from guestinit.host import trim
+from guestinit.host.build import trim
 
 VERSION = f"python{sys.version_info.major}.{sys.version_info.minor}"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from deploy_harness import PUBLIC
 
-from guestinit.host import deploy
 from guestinit.host.boot import BootOptions, boot
+from guestinit.host.kata import deploy
 
 pytestmark = pytest.mark.boot
 

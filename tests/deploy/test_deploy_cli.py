@@ -15,7 +15,10 @@ from deploy_harness import FLAVOUR, PUBLIC, make_build, make_upstream, observe, 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guestinit.host import deploy, katarender, katasettings, plan
+from guestinit.host.kata import deploy
+from guestinit.host.kata import render as katarender
+from guestinit.host.kata import settings as katasettings
+from guestinit.host.plan import planner as plan
 
 REFERENCE_KEYS = {  # references §2: the keys of configuration-qemu-nvidia-gpu.toml upstream sets
     "hypervisor.qemu": "kernel image initrd rootfs_type machine_type firmware kernel_params default_vcpus "

@@ -1,4 +1,4 @@
-"""Crash safety: the real `python -m guestinit.host.deploy` SIGKILLed at random moments, 100 times.
+"""Crash safety: the real `python -m guestinit.host.kata.deploy` SIGKILLed at random moments, 100 times.
 
 After every kill, before anything repairs the prefix, what Kata and containerd would read through
 the public names must be exactly one complete version: the one before the command or the one it
@@ -28,7 +28,7 @@ KILLS = 100
 
 
 def _command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "guestinit.host.deploy", *args]
+    return [sys.executable, "-m", "guestinit.host.kata.deploy", *args]
 
 
 def _timed(args: list[str]) -> float:
@@ -68,7 +68,7 @@ def test_sigkill_at_random_moments_leaves_old_or_new_version(tmp_path: Path) -> 
     imports = []
     for _ in range(3):
         start = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import guestinit.host.deploy"], check=True)
+        subprocess.run([sys.executable, "-c", "import guestinit.host.kata.deploy"], check=True)
         imports.append(time.monotonic() - start)
     imported = sorted(imports)[1]
     window = (0.8 * imported, 1.1 * sorted(durations)[-2])

@@ -23,8 +23,9 @@ import pytest
 import yaml
 from deploy_harness import PUBLIC, make_build, observe
 
-from guestinit.host import deploy, katarender
-from guestinit.host.katalayout import Layout
+from guestinit.host.kata import deploy
+from guestinit.host.kata import render as katarender
+from guestinit.host.kata.layout import Layout
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -148,7 +148,7 @@ def test_service_files_are_valid_for_guestinit(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def servicevm_image() -> Path:
-    from guestinit.host.build import build
+    from guestinit.host.build.images import build
 
     manifest = build("servicevm", if_needed=True, log=io.StringIO())
     return manifest.parent / "guestinit-servicevm.cpio.zst"
@@ -379,8 +379,8 @@ def test_servicevm_with_fabricmanager_survives_its_restart(fakes: tuple[Path, Pa
     fabricmanager is killed guestinit restarts it in restart mode and fm-controller re-sends the set."""
     if importlib.util.find_spec("guestinit.init.services") is None:
         pytest.skip("guestinit's services (issue 3) have not landed")
-    from guestinit.host import build
     from guestinit.host.boot import BootOptions, boot
+    from guestinit.host.build import images as build
 
     debs = _fake_nvidia_package(fakes, tmp_path)
     out = tmp_path / "image"

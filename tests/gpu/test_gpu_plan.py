@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import CAPTURE_ROOT, GiB, MiB, Tree
 
-from guestinit.host import plan as planner
 from guestinit.host.errors import UserError
+from guestinit.host.plan import host as planhost
+from guestinit.host.plan import planner, units
 
 TiB = 1 << 40
 HostTree = Callable[..., tuple[Tree, list[str]]]
@@ -180,16 +181,16 @@ def test_bad_sysfs_root(tmp_path: Path) -> None:
 
 
 def test_sizes_and_versions() -> None:
-    assert planner.parse_size("64G") == 64 * GiB == planner.parse_size("65536") == planner.parse_size("64GiB")
-    assert planner.qemu_size(4 * TiB + 32 * GiB) == "4128G" and planner.qemu_size(TiB) == "1T"
-    assert planner.version_tuple("6.12.118+deb13-cloud-amd64") == (6, 12, 118)
-    assert planner.version_tuple("QEMU emulator version 9.2.0") == (9, 2, 0)
+    assert units.parse_size("64G") == 64 * GiB == units.parse_size("65536") == units.parse_size("64GiB")
+    assert units.qemu_size(4 * TiB + 32 * GiB) == "4128G" and units.qemu_size(TiB) == "1T"
+    assert units.version_tuple("6.12.118+deb13-cloud-amd64") == (6, 12, 118)
+    assert units.version_tuple("QEMU emulator version 9.2.0") == (9, 2, 0)
 
 
 def test_local_qemu_version(fp) -> None:  # type: ignore[no-untyped-def]
     fp.register(
         ["qemu-system-x86_64", "--version"], stdout="QEMU emulator version 9.2.3 (v9.2.3)\nCopyright\n"
     )
-    assert planner.local_qemu_version() == "9.2.3"
+    assert planhost.local_qemu_version() == "9.2.3"
     fp.register(["qemu-system-x86_64", "--version"], returncode=127, stdout="")
-    assert planner.local_qemu_version() is None
+    assert planhost.local_qemu_version() is None

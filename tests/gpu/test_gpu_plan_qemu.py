@@ -16,7 +16,8 @@ import subprocess
 import pytest
 from conftest import CAPTURE_ROOT, GiB
 
-from guestinit.host import plan as planner
+from guestinit.host.plan import planner
+from guestinit.host.plan.layout import Plan
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
@@ -43,7 +44,7 @@ def _split(args: list[str]) -> tuple[list[str], list[str]]:
     return rest, vfio
 
 
-def _check(p: planner.Plan) -> None:
+def _check(p: Plan) -> None:
     rest, vfio = _split(p.qemu_args())
     assert vfio, "the plan passes devices through"
     done = _run(rest)

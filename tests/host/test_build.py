@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host import build
+from guestinit.host.build import images as build
 from guestinit.host.errors import UserError
 
 

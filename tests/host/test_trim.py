@@ -4,7 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
-from guestinit.host.trim import elf_needed, resolve_in_root, trim
+from guestinit.host.build.trim import elf_needed, resolve_in_root, trim
 
 
 def test_elf_needed_reads_python() -> None:

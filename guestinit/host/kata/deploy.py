@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from guestinit.host.atomicfs import make_dirs, remove_tree_atomic, sha256_file, write_atomic
-from guestinit.host.buildmanifest import SAFE_VERSION, load_manifest, verify_artifact
+from guestinit.host.build.manifest import SAFE_VERSION, load_manifest, verify_artifact
 from guestinit.host.errors import DeployError, UserError
-from guestinit.host.katadiff import describe_changes, plan_view, public_view, version_view
-from guestinit.host.katalayout import SAFE_FLAVOUR, Layout
-from guestinit.host.katasettings import planned_settings
-from guestinit.host.kataswitch import (
+from guestinit.host.kata.diff import describe_changes, plan_view, public_view, version_view
+from guestinit.host.kata.layout import SAFE_FLAVOUR, Layout
+from guestinit.host.kata.settings import planned_settings
+from guestinit.host.kata.switch import (
     adopt,
     classify,
     current_version,
@@ -47,7 +47,7 @@ from guestinit.host.kataswitch import (
     switch,
     tidy,
 )
-from guestinit.host.kataversions import build_version, create_version, verify_version, version_matches
+from guestinit.host.kata.versions import build_version, create_version, verify_version, version_matches
 
 DEFAULT_PREFIX = Path("/opt/kata")
 DEFAULT_MANIFEST = Path("build/kata/manifest.json")
@@ -286,6 +286,6 @@ def rollback_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     commands = {"deploy": deploy_main, "rollback": rollback_main}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print("usage: python -m guestinit.host.deploy deploy|rollback [options]", file=sys.stderr)
+        print("usage: python -m guestinit.host.kata.deploy deploy|rollback [options]", file=sys.stderr)
         sys.exit(2)
     sys.exit(commands[sys.argv[1]](sys.argv[2:]))

@@ -3,8 +3,8 @@ accelerator; report median/min/max of each boot phase, the ratios between images
 JSON and an SVG timeline.
 
 Images: ``guestinit`` (the default Kata image, built when needed), ``busybox`` (the floor) and
-``systemd`` (the same userland with systemd as init), see guestinit.host.baselines; or any
-``NAME=PATH`` cpio whose init reports READY the same way. Phase definitions: benchstats.
+``systemd`` (the same userland with systemd as init), see guestinit.host.bench.baselines; or any
+``NAME=PATH`` cpio whose init reports READY the same way. Phase definitions: stats.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guestinit.atomicfile import write_atomic
-from guestinit.host import benchstats
+from guestinit.host.bench import stats
 from guestinit.host.errors import UserError
 
 BUILTIN = ("guestinit", "busybox", "systemd")
@@ -87,7 +87,7 @@ def parse_image_specs(specs: list[str] | None) -> list[tuple[str, Path | None]]:
 
 
 def resolve_images(specs: list[tuple[str, Path | None]]) -> list[BenchImage]:
-    from guestinit.host import baselines
+    from guestinit.host.bench import baselines
 
     images = []
     for name, path in specs:
@@ -107,7 +107,7 @@ def resolve_images(specs: list[tuple[str, Path | None]]) -> list[BenchImage]:
 def _guestinit_image() -> Path:
     """The default Kata image, built (or restored from the cache) when its inputs changed."""
     from guestinit.host.boot import DEFAULT_IMAGE
-    from guestinit.host.build import build
+    from guestinit.host.build.images import build
 
     print("guestctl bench: checking the guestinit image (guestctl build kata --if-needed)", file=sys.stderr)
     manifest = build("kata", if_needed=True)
@@ -160,7 +160,7 @@ def init_phases(run: dict[str, object]) -> list[dict[str, object]]:
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, object]:
-    from guestinit.host import baselines
+    from guestinit.host.bench import baselines
     from guestinit.host.boot import BootOptions, boot, choose_accel, choose_transport
     from guestinit.host.qemu import DEFAULT_VSOCK_PORT, find_qemu, qemu_version
 
@@ -185,7 +185,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     load_before = os.getloadavg()
     records: dict[str, list[dict[str, object]]] = {image.name: [] for image in images}
     by_name = {image.name: image for image in images}
-    order = benchstats.schedule([image.name for image in images], args.runs)
+    order = stats.schedule([image.name for image in images], args.runs)
     for run, name in order:
         image = by_name[name]
         opts = BootOptions(
@@ -205,13 +205,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         print(f"  run {run}/{args.runs} {name:<10} {_progress(record)}", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     out_images = []
-    summaries: dict[str, dict[str, benchstats.Stat | None]] = {}
+    summaries: dict[str, dict[str, stats.Stat | None]] = {}
     for image in images:
-        samples = [benchstats.sample(r) for r in records[image.name]]
+        samples = [stats.sample(r) for r in records[image.name]]
         for r, s in zip(records[image.name], samples, strict=True):
             r["metrics"] = {k: None if v is None else round(v, 4) for k, v in s.items()}
-        summaries[image.name] = benchstats.summarize(samples)
-        rep = benchstats.representative(samples)
+        summaries[image.name] = stats.summarize(samples)
+        rep = stats.representative(samples)
         out_images.append(
             {
                 "name": image.name,
@@ -225,13 +225,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
                 "runs": records[image.name],
             }
         )
-    goals = benchstats.goals(summaries)
+    goals = stats.goals(summaries)
     ratios = {}
     for num, den in (("guestinit", "busybox"), ("systemd", "guestinit")):
         if num in summaries and den in summaries:
             ratios[f"{num}/{den}"] = {
-                m.key: _round(benchstats.ratio(summaries[num][m.key], summaries[den][m.key]))
-                for m in benchstats.METRICS
+                m.key: _round(stats.ratio(summaries[num][m.key], summaries[den][m.key]))
+                for m in stats.METRICS
                 if m.key in ("ready_uptime_s", "ready_host_s", "init_s", "kernel_s")
             }
     return {
@@ -254,7 +254,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             "loadavg_after": [round(x, 2) for x in load_after],
             "runs_dir": os.fspath(runs_dir),
         },
-        "definitions": {m.key: m.label for m in benchstats.METRICS},
+        "definitions": {m.key: m.label for m in stats.METRICS},
         "images": out_images,
         "ratios": ratios,
         "goals": [{"name": g.name, "ratio": _round(g.ratio), "limit": g.limit, "met": g.met} for g in goals],
@@ -273,10 +273,10 @@ def _progress(record: dict[str, object]) -> str:
     return f"READY at guest {up} s, host {host} s"
 
 
-def stats_from_json(image: dict[str, object]) -> dict[str, benchstats.Stat | None]:
+def stats_from_json(image: dict[str, object]) -> dict[str, stats.Stat | None]:
     summary = image["summary"]
     assert isinstance(summary, dict)
-    return {k: None if v is None else benchstats.Stat(**v) for k, v in summary.items()}
+    return {k: None if v is None else stats.Stat(**v) for k, v in summary.items()}
 
 
 def format_table(report: dict[str, object]) -> str:
@@ -293,10 +293,10 @@ def format_table(report: dict[str, object]) -> str:
     images = report["images"]
     assert isinstance(images, list)
     for image in images:
-        stats = stats_from_json(image)
+        summary = stats_from_json(image)
         first = True
-        for metric in benchstats.METRICS:
-            stat = stats.get(metric.key)
+        for metric in stats.METRICS:
+            stat = summary.get(metric.key)
             head = f"{image['name']:<11} {image['initrd_bytes'] / 1e6:>6.1f}MB" if first else " " * 20
             first = False
             if stat is None:
@@ -326,7 +326,7 @@ def format_table(report: dict[str, object]) -> str:
 
 
 def render_svg(report: dict[str, object]) -> str:
-    from guestinit.host import benchplot
+    from guestinit.host.bench import plot
 
     cond = report["conditions"]
     images = report["images"]
@@ -350,7 +350,7 @@ def render_svg(report: dict[str, object]) -> str:
         f"load average {cond['loadavg_before'][0]} before, {cond['loadavg_after'][0]} after",
         "; ".join(str(t) for t in goal_text) if isinstance(goal_text, list) else "",
     ]
-    return benchplot.render(benchplot.layout(rows, "Boot to READY: where the time goes", subtitle))
+    return plot.render(plot.layout(rows, "Boot to READY: where the time goes", subtitle))
 
 
 def main(argv: list[str]) -> int:

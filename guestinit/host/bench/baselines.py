@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TextIO
 
 from guestinit.atomicfile import write_atomic
-from guestinit.host.build import cache_dir, mkosi_python_path, repo_root, sha256_file
+from guestinit.host.build.images import cache_dir, mkosi_python_path, repo_root, sha256_file
+from guestinit.host.build.trim import elf_needed
 from guestinit.host.errors import UserError
-from guestinit.host.trim import elf_needed
 
 BUSYBOX = Path("/bin/busybox")
 SYSTEMD_DIR = "baselines/systemd"
@@ -144,7 +144,7 @@ def systemd_inputs(root: Path) -> list[Path]:
     base = root / SYSTEMD_DIR
     files = sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     sources = root / "image" / "mkosi.sandbox"
-    shared = [root / "image" / "keep.list", root / "guestinit" / "host" / "trim.py"]
+    shared = [root / "image" / "keep.list", root / "guestinit" / "host" / "build" / "trim.py"]
     return files + sorted(p for p in sources.rglob("*") if p.is_file()) + shared
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guestinit.host.benchstats import METRICS, PHASES, Stat
+from guestinit.host.bench.stats import METRICS, PHASES, Stat
 
 COLOURS = {"firmware_s": "#b0b7c3", "kernel_s": "#5b8def", "init_s": "#3fb37f", "sub": "#f0a43a"}
 # the init's start-up, before its own phases: interpreter, then imports

@@ -16,10 +16,10 @@ from typing import Any
 
 import jinja2
 
-from guestinit.host.buildmanifest import BuildManifest
+from guestinit.host.build.manifest import BuildManifest
 from guestinit.host.errors import DeployError
-from guestinit.host.katalayout import Layout
-from guestinit.host.katasettings import KATA_SETTINGS, Plan
+from guestinit.host.kata.layout import Layout
+from guestinit.host.kata.settings import KATA_SETTINGS, Plan
 
 NODE_LABEL = "guestinit/kata-runtime"
 RUNTIMECLASS_OVERHEAD = {"memory": "160Mi", "cpu": "250m"}
@@ -42,7 +42,7 @@ def toml_value(value: object) -> str:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("guestinit.host", "templates"),
+        loader=jinja2.PackageLoader("guestinit.host.kata", "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guestinit.host.atomicfs import sha256_file
-from guestinit.host.katalayout import Layout
-from guestinit.host.kataversions import VersionPlan
+from guestinit.host.kata.layout import Layout
+from guestinit.host.kata.versions import VersionPlan
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from guestinit.host.atomicfs import TMP_PREFIX, create_file, fsync_dir, sha256_file
-from guestinit.host.buildmanifest import BuildManifest
+from guestinit.host.build.manifest import BuildManifest
 from guestinit.host.errors import DeployError
-from guestinit.host.katalayout import Layout
-from guestinit.host.katarender import render_containerd, render_kata_config, render_runtimeclass
-from guestinit.host.katasettings import Plan
+from guestinit.host.kata.layout import Layout
+from guestinit.host.kata.render import render_containerd, render_kata_config, render_runtimeclass
+from guestinit.host.kata.settings import Plan
 
 
 @dataclass

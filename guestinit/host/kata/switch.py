@@ -27,8 +27,8 @@ from guestinit.host.atomicfs import (
     write_fd,
 )
 from guestinit.host.errors import DeployError
-from guestinit.host.katalayout import Layout
-from guestinit.host.kataversions import create_version, read_record, snapshot_version, utc_stamp
+from guestinit.host.kata.layout import Layout
+from guestinit.host.kata.versions import create_version, read_record, snapshot_version, utc_stamp
 
 
 def _read_pointer(link: Path) -> str | None:

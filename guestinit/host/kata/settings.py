@@ -82,18 +82,19 @@ class Plan:
 
 
 def planned_settings(sysfs_root: str | None, gpus: str | None, memory: str | None) -> Plan | None:
-    """Ask the BAR/MMIO planner (`guestctl plan`, guestinit.host.plan) for this host's Kata settings.
+    """Ask the BAR/MMIO planner (`guestctl plan`, guestinit.host.plan.planner) for this host's Kata settings.
 
     Same flags, same meaning as `guestctl plan`: --sysfs-root is a tree shaped like / (or its
     sys/), --gpus BDF,...|all, --memory SIZE (bare numbers are MiB)."""
     if sysfs_root is None and gpus is None and memory is None:
         return None
-    from guestinit.host import plan as planner  # imported on use: a plain deploy does not need it
+    # imported on use: a plain deploy does not need the planner
+    from guestinit.host.plan import planner, units
 
     root = sysfs_root or DEFAULT_SYSFS_ROOT
     chosen = None if gpus in (None, "all") else [g for g in (gpus or "").split(",") if g.strip()]
     try:
-        memory_bytes = planner.parse_size(memory or DEFAULT_PLAN_MEMORY)
+        memory_bytes = units.parse_size(memory or DEFAULT_PLAN_MEMORY)
         result = planner.plan(root, chosen, memory_bytes)
         settings = dict(result.kata_settings())
     except UserError as exc:

@@ -43,7 +43,7 @@ GUEST_INPUTS = (
     "guestinit/atomicfile.py",
     "guestinit/init",
     "guestinit/notify",
-    "guestinit/host/trim.py",
+    "guestinit/host/build/trim.py",
 )
 
 IMAGES: dict[str, ImageSpec] = {
@@ -66,7 +66,7 @@ IMAGES: dict[str, ImageSpec] = {
 
 
 def repo_root() -> Path:
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[3]
     if (here / "mkosi.conf").is_file():
         return here
     cwd = Path.cwd()

@@ -1,1 +1,0 @@
-"""Jinja2 templates for what `guestctl deploy` writes (package data, loaded by name)."""
