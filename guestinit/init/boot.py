@@ -10,40 +10,40 @@ from __future__ import annotations
 import os
 
 from guestinit import __version__
-from guestinit.init import coldplug, gpu, modules, mounts, net, params, services, settings, tomlfiles
-from guestinit.init.clock import Phase, Timeline, boottime, kernel_log_stamp
+from guestinit.init import coldplug, modules, mounts, net, params, settings, tomlfiles
+from guestinit.init.clock import Phase, boottime, kernel_log_stamp
+from guestinit.init.context import Context
+from guestinit.init.gpu import phase as gpu
 from guestinit.init.kmsg import LEVELS, Log
 from guestinit.init.loop import Loop
 from guestinit.init.reaper import Reaper
 from guestinit.init.report import SERIAL_PORT_NAME, Sender, find_virtio_port
 from guestinit.init.root import Root
+from guestinit.init.services import phase as services
+from guestinit.init.services.supervisor import Supervisor
 from guestinit.notify import credentials, jsonenc
 from guestinit.notify.address import AddressError, Target, parse_target
 
 
-class BootState:
+class BootState(Context):
     """What boot found and did: the input to the readiness message and to supervision."""
 
     def __init__(self, root: Root, log: Log, exec_s: float | None, start_s: float) -> None:
-        self.root = root
-        self.log = log
+        super().__init__(root, log, params.parse_cmdline(""))
         self.exec_s = exec_s
         self.start_s = start_s
-        self.timeline = Timeline()
-        self.config = params.parse_cmdline("")
         self.sender: Sender | None = None
         self.module_results: list[modules.LoadResult] = []
         self.module_loading: modules.Loading | None = None  # from start_modules to finish_modules
         self.module_phase: Phase | None = None
         self.gpu: gpu.GpuState | None = None
         self.locked = False  # guestinit.lockdown applied: no module loads after boot's own
-        self.problems: list[str] = []
         self.ready_s = 0.0
         self.loop = Loop()
         self.reaper = Reaper()
         self.toml_cache: dict[str, dict[str, object]] = {}
         self.logging: services.Logging | None = None
-        self.supervisor: services.Supervisor | None = None
+        self.supervisor: Supervisor | None = None
         self.shutdown_why = ""  # set by a shutdown signal or the power button
         self.failure = ""  # set when a critical service fails after READY
         self.ready_sent = False
@@ -95,8 +95,7 @@ def early(state: BootState) -> None:
         state.config = params.parse_cmdline(root.read_text("/proc/cmdline", ""), defaults=image.values)
         log.level = LEVELS[state.config.text("log")]
         for problem in [*image.problems, *state.config.problems]:
-            log.warning(problem)
-            state.problems.append(problem)
+            state.problem(problem)
 
 
 def start_modules(state: BootState) -> None:
@@ -133,8 +132,11 @@ def finish_modules(state: BootState) -> None:
 
 
 def bring_up_gpus(state: BootState) -> None:
-    """Topology, BAR / hugepage tuning, the NVIDIA modules and nodes, the GPU services (gpu.py)."""
-    gpu.bring_up(state)
+    """Topology, BAR / hugepage tuning, the NVIDIA modules and nodes, the GPU services (gpu/)."""
+    loading = state.module_loading
+    state.gpu = gpu.bring_up(state, loading.tree if loading is not None else None)
+    if state.gpu is not None:
+        state.module_results.extend(state.gpu.module_results)
 
 
 def lock_modules(state: BootState) -> None:
@@ -154,8 +156,18 @@ def connect_notify(state: BootState) -> None:
 
 def start_logging(state: BootState) -> None:
     """/dev/log and the ring file; the power button (its driver loaded with the modules)."""
+
+    def owner(pid: int, ident: str) -> str | None:
+        return state.supervisor.owner(pid, ident) if state.supervisor is not None else None
+
+    def pressed(device: str) -> None:
+        if not state.shutdown_why:
+            state.shutdown_why = f"power button ({device})"
+            state.log.info(f"shutdown requested: {state.shutdown_why}")
+
     with state.timeline.phase("syslog"):
-        state.logging = services.open_logging(state, state.config.number("syslog_kib"))
+        kib = state.config.number("syslog_kib")
+        state.logging = services.open_logging(state, state.loop, kib, owner, pressed)
 
 
 def start_services(state: BootState) -> None:
@@ -164,7 +176,10 @@ def start_services(state: BootState) -> None:
     assert state.logging is not None
     with state.timeline.phase("services"):
         generated = state.gpu.services if state.gpu is not None else []
-        sup = state.supervisor = services.load(state, state.logging.ring, generated)
+        ring = state.logging.ring
+        sup = state.supervisor = services.load(
+            state, state.loop, state.reaper, ring, state.toml_cache, generated
+        )
         sup.start()
         state.loop.run_until(lambda: sup.settled() or bool(state.shutdown_why or sup.critical_failure()))
     for svc in sup.services.values():

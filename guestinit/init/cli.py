@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None, start_s: float | None = None) -> int:
 
 def tool(argv: list[str]) -> int:
     if argv[:1] == ["probe"]:
-        from guestinit.init.probe import main as probe_main
+        from guestinit.init.gpu.probe import main as probe_main
 
         return probe_main(argv[1:])
     if argv[:1] == ["services"]:
-        from guestinit.init.service_config import main as services_main
+        from guestinit.init.services.cli import main as services_main
 
         return services_main(argv[1:])
     import argparse

@@ -9,7 +9,7 @@ their own, and are part of this one table.
 
 from __future__ import annotations
 
-from guestinit.init import gpu_params
+from guestinit.init.gpu import params as gpu_params
 from guestinit.init.paramtypes import (
     Param,
     ParamError,

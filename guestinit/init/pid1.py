@@ -21,7 +21,8 @@ from guestinit.init.loop import SignalFd
 from guestinit.init.reaper import Reaper
 from guestinit.init.report import Sender
 from guestinit.init.root import Root
-from guestinit.init.services import CriticalFailure, Service
+from guestinit.init.services.phase import CriticalFailure
+from guestinit.init.services.service import Service
 from guestinit.notify import jsonenc
 
 __all__ = ["HANDLED", "SHUTDOWN_SIGNALS", "Init", "Reaper", "power_off", "run", "run_as_pid1"]

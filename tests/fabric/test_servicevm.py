@@ -4,7 +4,6 @@ without NVIDIA's fabricmanager (READY with X_GUESTINIT_DEGRADED=fabricmanager, N
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
@@ -124,12 +123,10 @@ def test_start_script_restarts_in_restart_mode(fakes: tuple[Path, Path], tmp_pat
 
 @pytest.mark.parametrize("name", ["fabricmanager.toml", "fabricmanager-absent.toml", "fm-controller.toml"])
 def test_service_files_are_valid_for_guestinit(name: str) -> None:
-    if importlib.util.find_spec("guestinit.init.service_config") is None:
-        pytest.skip("guestinit's service files (issue 3) have not landed")
-    from guestinit.init import service_config
+    from guestinit.init.services import files
 
     path = SERVICE_VM / "services" / name
-    spec = service_config.from_table(name.removesuffix(".toml"), str(path), tomllib.loads(path.read_text()))
+    spec = files.from_table(name.removesuffix(".toml"), str(path), tomllib.loads(path.read_text()))
     assert spec.error == "" and spec.problems == []
     if name == "fm-controller.toml":
         assert (
@@ -239,8 +236,6 @@ def test_servicevm_boots_degraded_without_fabricmanager(servicevm_image: Path, t
     """No NVIDIA packages: READY with X_GUESTINIT_DEGRADED=fabricmanager, fm-controller up and its
     standard health NOT_SERVING, also over vsock (checked in the guest by a probe service added as
     an extra initrd)."""
-    if importlib.util.find_spec("guestinit.init.services") is None:
-        pytest.skip("guestinit's services (issue 3) have not landed")
     from guestinit.host.boot import BootOptions, boot
 
     extra = tmp_path / "extra"
@@ -377,8 +372,6 @@ def test_servicevm_with_fabricmanager_survives_its_restart(fakes: tuple[Path, Pa
     """Build the image with a package directory holding a stand-in for NVIDIA's fabricmanager (the
     C test doubles), boot it: no DEGRADED, health SERVING, activation over vsock, and after
     fabricmanager is killed guestinit restarts it in restart mode and fm-controller re-sends the set."""
-    if importlib.util.find_spec("guestinit.init.services") is None:
-        pytest.skip("guestinit's services (issue 3) have not landed")
     from guestinit.host.boot import BootOptions, boot
     from guestinit.host.build import images as build
 

@@ -29,7 +29,9 @@ import notify_inbox
 import pytest
 from conftest import Tree, guest_gpus
 
-from guestinit.init import gpu_services, params, topology
+from guestinit.init import params
+from guestinit.init.gpu import services as gpu_services
+from guestinit.init.gpu import topology
 from guestinit.init.root import Root
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import CAPTURE_ROOT, Tree
 
-from guestinit.init import gpu_params, hugepages, params
+from guestinit.init import params
+from guestinit.init.gpu import hugepages
+from guestinit.init.gpu import params as gpu_params
 from guestinit.init.root import Root
 
 

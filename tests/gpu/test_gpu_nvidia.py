@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import CAPTURE_ROOT
 
-from guestinit.init import modules, nvidia, params, topology
+from guestinit.init import modules, params
+from guestinit.init.gpu import nvidia, topology
 from guestinit.init.root import Root
 
 KVER = "6.12.0-gpu"
@@ -193,7 +194,7 @@ def test_guest_modules_import_no_third_party_libraries(tmp_path: Path) -> None:
     (tmp_path / "present").write_text("")
     code = (
         "import sys\n"
-        "from guestinit.init import nvidia, pci, topology, hugepages, probe\n"
+        "from guestinit.init.gpu import nvidia, pci, topology, hugepages, probe\n"
         f"assert nvidia.await_paths([{str(tmp_path / 'present')!r}], 5.0) == []\n"
         "print(sorted(m for m in ('pyinotify', 'psutil', 'jinja2') if m in sys.modules))\n"
     )

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from guestinit.init import gpu_params, params, pci, settings, topology
+from guestinit.init import params, settings
+from guestinit.init.gpu import params as gpu_params
+from guestinit.init.gpu import pci, topology
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,11 +80,11 @@ def test_cpu_boot_path_imports_no_gpu_code(tmp_path: Path) -> None:
         "import sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "import guestinit.init.pid1\n"
-        "from guestinit.init import topology\n"
+        "from guestinit.init.gpu import topology\n"
         "from guestinit.init.root import Root\n"
         "topo = topology.detect(Root(sys.argv[1]))\n"
-        "heavy = ('dataclasses', 'inspect', 'typing', 'tomllib', 'guestinit.init.pci', "
-        "'guestinit.init.nvidia', 'guestinit.init.hugepages', 'guestinit.init.gpu_services')\n"
+        "heavy = ('dataclasses', 'inspect', 'typing', 'tomllib', 'guestinit.init.gpu.pci', "
+        "'guestinit.init.gpu.nvidia', 'guestinit.init.gpu.hugepages', 'guestinit.init.gpu.services')\n"
         "print(topo.mode, sorted(m for m in heavy if m in sys.modules))\n"
     )
     out = subprocess.run(

@@ -8,7 +8,7 @@ from conftest import CAPTURE_ROOT, FLAGS_PREF64, GiB, MiB, Tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestinit.init import pci
+from guestinit.init.gpu import pci
 from guestinit.init.root import Root
 
 

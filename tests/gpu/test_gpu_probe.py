@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import CAPTURE_ROOT, Tree
 
-from guestinit.init import cli, probe
+from guestinit.init import cli
+from guestinit.init.gpu import probe
 from guestinit.init.root import Root
 
 

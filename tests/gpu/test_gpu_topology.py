@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import CAPTURE_ROOT, Tree, guest_gpus
 
-from guestinit.init import params, topology
+from guestinit.init import params
+from guestinit.init.gpu import topology
 from guestinit.init.root import Root
 
 

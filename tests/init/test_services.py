@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.init import service_config
 from guestinit.init.kmsg import Log
 from guestinit.init.loop import Loop, SignalFd
 from guestinit.init.reaper import Reaper
 from guestinit.init.root import Root
-from guestinit.init.supervisor import Supervisor
+from guestinit.init.services import files
+from guestinit.init.services.supervisor import Supervisor
 from guestinit.init.syslog import Ring
 
 PY = "/usr/bin/python3"
@@ -68,7 +68,7 @@ class Rig:
 
     def start(self, **kwargs: float) -> Supervisor:
         self.sup = Supervisor(self.root, self.loop, self.reaper, self.log, self.ring, **kwargs)  # type: ignore[arg-type]
-        self.sup.add(service_config.load_all(self.root))
+        self.sup.add(files.load_all(self.root))
         self.sup.start()
         return self.sup
 
@@ -335,7 +335,7 @@ def test_condition_missing_binary_and_disabled(rig: Rig) -> None:
     rig.service("missing", 'command = ["/nonexistent/daemon"]\n')
     rig.service("off", 'command = ["/bin/sleep", "60"]\n')
     rig.sup = Supervisor(rig.root, rig.loop, rig.reaper, rig.log, rig.ring)
-    rig.sup.add(service_config.load_all(rig.root), disabled=("off",))
+    rig.sup.add(files.load_all(rig.root), disabled=("off",))
     rig.sup.start()
     sup = rig.settle()
     states = {s.name: s.state for s in sup.services.values()}

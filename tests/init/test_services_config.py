@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.init import params, service_config, settings, tomlfiles
+from guestinit.init import params, settings, tomlfiles
 from guestinit.init.root import Root
+from guestinit.init.services import cli, files, keys, order
 
 SERVICES = "etc/guestinit/services.d"
 
@@ -46,7 +47,7 @@ def test_every_key_parsed(tmp_path: Path) -> None:
         condition_path_exists = "/usr/bin/nv-fabricmanager"
         """.replace("\n        ", "\n"),
     )
-    spec = service_config.load_file(Root(tmp_path), path)
+    spec = files.load_file(Root(tmp_path), path)
     assert spec.error == "" and spec.problems == []
     assert spec.command == ("/usr/bin/nv-fabricmanager", "-c", "/run/fabricmanager.cfg")
     assert spec.environment == {"FABRIC_MODE": "1"}
@@ -71,7 +72,7 @@ def test_every_key_parsed(tmp_path: Path) -> None:
 
 
 def test_defaults(tmp_path: Path) -> None:
-    spec = service_config.load_file(Root(tmp_path), write(tmp_path, "plain", 'command = ["/bin/true"]\n'))
+    spec = files.load_file(Root(tmp_path), write(tmp_path, "plain", 'command = ["/bin/true"]\n'))
     assert spec.error == ""
     assert (spec.user, spec.group, spec.after, spec.ready, spec.restart) == (
         "root",
@@ -82,8 +83,8 @@ def test_defaults(tmp_path: Path) -> None:
     )
     assert (spec.ready_timeout, spec.stop_timeout, spec.oom_score_adj, spec.rlimit_nofile) == (None,) * 4
     assert (spec.max_restarts, spec.restart_window, spec.critical) == (5, 60.0, False)
-    for key in service_config.KEYS:  # the table's defaults are what a bare file gets
-        if key.default is not service_config.REQUIRED and key.name != "ready":
+    for key in keys.KEYS:  # the table's defaults are what a bare file gets
+        if key.default is not keys.REQUIRED and key.name != "ready":
             assert getattr(spec, key.name) == key.default, key.name
 
 
@@ -111,7 +112,7 @@ def test_defaults(tmp_path: Path) -> None:
 def test_bad_value_is_one_line_naming_file_and_key(tmp_path: Path, line: str, message: str) -> None:
     text = line + "\n" if line.startswith("command") else f'command = ["/bin/true"]\n{line}\n'
     path = write(tmp_path, "svc", text)
-    spec = service_config.load_file(Root(tmp_path), path)
+    spec = files.load_file(Root(tmp_path), path)
     assert spec.error.startswith(f"{path}: "), spec.error
     assert message in spec.error
     assert "\n" not in spec.error
@@ -119,19 +120,17 @@ def test_bad_value_is_one_line_naming_file_and_key(tmp_path: Path, line: str, me
 
 def test_unknown_key_reported_missing_command_and_bad_toml(tmp_path: Path) -> None:
     root = Root(tmp_path)
-    spec = service_config.load_file(
-        root, write(tmp_path, "a", 'command = ["/bin/true"]\nrestrat = "always"\n')
-    )
+    spec = files.load_file(root, write(tmp_path, "a", 'command = ["/bin/true"]\nrestrat = "always"\n'))
     assert spec.error == ""
     assert spec.problems == [
         f"/{SERVICES}/a.toml: unknown key 'restrat': ignored (see `guestinit services --keys`)"
     ]
-    spec = service_config.load_file(root, write(tmp_path, "b", "critical = true\n"))
+    spec = files.load_file(root, write(tmp_path, "b", "critical = true\n"))
     assert spec.error.endswith('b.toml: command: missing (e.g. command = ["/usr/bin/daemon"])')
     assert spec.critical  # a broken critical service still fails the VM
-    spec = service_config.load_file(root, write(tmp_path, "c", "command = [\n"))
+    spec = files.load_file(root, write(tmp_path, "c", "command = [\n"))
     assert spec.error.startswith(f"/{SERVICES}/c.toml: not valid TOML: ")
-    spec = service_config.load_file(root, write(tmp_path, "bad name!", 'command = ["/bin/true"]\n'))
+    spec = files.load_file(root, write(tmp_path, "bad name!", 'command = ["/bin/true"]\n'))
     assert "is not a service name" in spec.error
 
 
@@ -142,28 +141,28 @@ def test_after_star_unknown_names_cycles_and_levels(tmp_path: Path) -> None:
     write(tmp_path, "agent", 'command = ["/bin/true"]\nafter = ["*"]\n')
     write(tmp_path, "x", 'command = ["/bin/true"]\nafter = ["y"]\n')
     write(tmp_path, "y", 'command = ["/bin/true"]\nafter = ["x"]\n')
-    specs = service_config.load_all(root)
-    deps, problems = service_config.dependencies(specs)
+    specs = files.load_all(root)
+    deps, problems = order.dependencies(specs)
     assert deps["agent"] == ["fabricmanager", "persistenced", "x", "y"]
     assert deps["fabricmanager"] == ["persistenced"]
     assert problems == [
         f"/{SERVICES}/fabricmanager.toml: after names 'ghost', which is not a service here: ignored"
     ]
-    assert service_config.cycles(deps) == {"x", "y"}
-    depth = service_config.levels(deps)
+    assert order.cycles(deps) == {"x", "y"}
+    depth = order.levels(deps)
     assert depth["persistenced"] == 0 and depth["fabricmanager"] == 1 and depth["agent"] == 2
 
 
 def test_generated_reference_is_current(repo: Path) -> None:
-    doc = service_config.reference_markdown()
-    for key in service_config.KEYS:
+    doc = cli.reference_markdown()
+    for key in keys.KEYS:
         assert f"| `{key.name}` |" in doc
     assert (repo / "docs" / "services.md").read_text() == doc, "docs/services.md is stale: run `make docs`"
 
 
 def test_image_ships_kata_agent_as_the_last_critical_service(repo: Path) -> None:
     root = Root(repo / "image/mkosi.extra")
-    specs = {s.name: s for s in service_config.load_all(root)}
+    specs = {s.name: s for s in files.load_all(root)}
     agent = specs["kata-agent"]
     assert agent.error == "" and agent.problems == []
     assert agent.command == ("/usr/bin/kata-agent",)
@@ -183,15 +182,16 @@ def test_image_toml_cache_is_current_and_spares_tomllib(repo: Path, tmp_path: Pa
     # At boot the cached files are read without importing tomllib; an edited file is parsed.
     code = (
         "import sys\n"
-        "from guestinit.init import service_config, settings, tomlfiles\n"
+        "from guestinit.init import settings, tomlfiles\n"
+        "from guestinit.init.services import cli, files, keys, order\n"
         "from guestinit.init.root import Root\n"
         f"root = Root({str(copy)!r})\n"
         "cache = tomlfiles.read_cache(root)\n"
-        "specs = service_config.load_all(root, cache)\n"
+        "specs = files.load_all(root, cache)\n"
         "settings.load(root, cache)\n"
         "print('tomllib' in sys.modules, [s.name for s in specs])\n"
         f"open({str(copy / SERVICES / 'kata-agent.toml')!r}, 'a').write('\\n')\n"
-        "service_config.load_all(root, cache)\n"
+        "files.load_all(root, cache)\n"
         "print('tomllib' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -239,12 +239,12 @@ def test_guestinit_services_cli(repo: Path, tmp_path: Path) -> None:
     write(tmp_path, "ok", 'command = ["/bin/true"]\n')
     write(tmp_path, "bad", 'command = "/bin/true"\n')
     entry = "import sys; from guestinit.init.cli import main; sys.exit(main(sys.argv[1:]))"
-    cli = [sys.executable, "-c", entry, "services", "--root", str(tmp_path)]
-    proc = subprocess.run(cli, capture_output=True, text=True)
+    argv = [sys.executable, "-c", entry, "services", "--root", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode == 1
     assert (
         "bad                  ERROR" in proc.stdout
         and "ok                   level 0, ready none" in proc.stdout
     )
-    proc = subprocess.run([*cli[:-2], "--markdown"], capture_output=True, text=True, check=True)
-    assert proc.stdout == service_config.reference_markdown()
+    proc = subprocess.run([*argv[:-2], "--markdown"], capture_output=True, text=True, check=True)
+    assert proc.stdout == cli.reference_markdown()

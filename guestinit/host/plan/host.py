@@ -11,7 +11,7 @@ import subprocess
 from guestinit.host.errors import UserError
 from guestinit.host.plan.layout import Backing, Plan
 from guestinit.host.plan.units import KiB, qemu_size, version_tuple
-from guestinit.init import hugepages, pci
+from guestinit.init.gpu import hugepages, pci
 from guestinit.init.root import Root
 
 SLOW_KERNEL_HUGE_FAULTS = (6, 12)

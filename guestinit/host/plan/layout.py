@@ -12,7 +12,7 @@ from pathlib import Path
 
 from guestinit.host.errors import UserError
 from guestinit.host.plan.units import GiB, MiB, align_up, pow2ceil, pow2floor, qemu_size
-from guestinit.init import pci
+from guestinit.init.gpu import pci
 
 DEFAULT_HOLE64 = 32 * GiB  # QEMU q35's own default, kept for every other device
 Q35_LOWMEM_LIMIT = 0xB0000000  # below this much RAM q35 keeps it all under 4 GiB

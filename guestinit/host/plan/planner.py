@@ -30,7 +30,7 @@ from guestinit.host.plan.host import (
 )
 from guestinit.host.plan.layout import Passthrough, Plan
 from guestinit.host.plan.units import parse_size
-from guestinit.init import pci
+from guestinit.init.gpu import pci
 
 FORMATS = ("text", "json", "qemu", "kata")
 BACKINGS = ("auto", "1G", "2M", "thp", "off")

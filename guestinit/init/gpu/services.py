@@ -2,7 +2,7 @@
 
 Whether each runs, with which arguments and within which bound depends on the topology and
 on ``guestinit.*`` keys (gpu_params), so the services are made here, from the table below, as
-service tables checked by the same code as a services.d file (service_config.from_table).
+service tables checked by the same code as a services.d file (files.from_table).
 Nothing of this runs in the cpu and service-VM modes (the service VM image ships its own
 fabricmanager service). A file /etc/guestinit/services.d/NAME.toml replaces the service of
 that name; ``guestinit.disable=NAME`` skips one.
@@ -24,11 +24,11 @@ The kata-agent (``after = ["*"]``) starts after all of them.
 
 from __future__ import annotations
 
-from guestinit.init import service_config
+from guestinit.init.gpu.topology import Topology
 from guestinit.init.params import Config
 from guestinit.init.root import Root
-from guestinit.init.service_config import ServiceSpec
-from guestinit.init.topology import Topology
+from guestinit.init.services import files
+from guestinit.init.services.keys import ServiceSpec
 
 TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
@@ -174,6 +174,6 @@ def tables(config: Config, topo: Topology, root: Root) -> dict[str, dict[str, ob
 
 def specs(config: Config, topo: Topology, root: Root) -> list[ServiceSpec]:
     return [
-        service_config.from_table(name, f"guestinit's {topo.fallback} mode: {name}", table)
+        files.from_table(name, f"guestinit's {topo.fallback} mode: {name}", table)
         for name, table in tables(config, topo, root).items()
     ]

@@ -10,7 +10,8 @@ import json
 import os
 import sys
 
-from guestinit.init import hugepages, nvidia, params, pci, topology
+from guestinit.init import params
+from guestinit.init.gpu import hugepages, nvidia, pci, topology
 from guestinit.init.root import Root
 
 SMI_FIELDS = ("name", "pci.bus_id", "memory.total", "driver_version", "persistence_mode")

@@ -16,13 +16,14 @@ services table are imported only where there is work for them.
 
 from __future__ import annotations
 
-from guestinit.init import modules, topology
+from guestinit.init import modules
+from guestinit.init.gpu import topology
 from guestinit.notify import jsonenc
 
 TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
-    from guestinit.init.boot import BootState
-    from guestinit.init.service_config import ServiceSpec
+    from guestinit.init.context import Context
+    from guestinit.init.services.keys import ServiceSpec
 
 LOADED = ("finit", "init", "modprobe", "loaded", "builtin")
 
@@ -37,6 +38,7 @@ class GpuState:
         self.driver = ""  # the loaded driver's version
         self.degraded: list[str] = []
         self.services: list[ServiceSpec] = []
+        self.module_results: list[modules.LoadResult] = []  # the NVIDIA modules' loads
 
     def notify_fields(self) -> dict[str, str]:
         fields = self.topology.notify_fields()
@@ -55,92 +57,89 @@ class GpuState:
         return fields
 
 
-def bring_up(state: BootState) -> None:
-    """The GPU phase (before lock_modules). Never raises: an error of its own is reported."""
+def bring_up(ctx: Context, tree: modules.ModuleTree | None) -> GpuState | None:
+    """The GPU phase (before the module lockdown). ``tree`` is the base loads' module tree
+    (read-only once built, loads under way share it); None makes a new one. Never raises: an
+    error of its own is reported, and what was found up to it is returned."""
+    gpu: GpuState | None = None
     try:
-        gpu = state.gpu = detect(state)
-        tune(state, gpu)
+        gpu = detect(ctx)
+        tune(ctx, gpu)
         if gpu.topology.spec.modules:
-            load_driver(state, gpu)
+            load_driver(ctx, gpu, tree)
         guest_with_gpus = gpu.topology.fallback.startswith("gpu")  # gpu, gpu-nvl4, gpu-nvl5
         if guest_with_gpus and "nvidia" not in gpu.degraded:
-            from guestinit.init import gpu_services
+            from guestinit.init.gpu import services as gpu_services
 
-            gpu.services = gpu_services.specs(state.config, gpu.topology, state.root)
+            gpu.services = gpu_services.specs(ctx.config, gpu.topology, ctx.root)
     except Exception as exc:  # a bug here must not cost the VM: report it and boot on
-        state.log.error(f"GPU phase: {type(exc).__name__}: {exc}")
-        _problem(state, f"GPU phase failed ({type(exc).__name__}: {exc})")
+        ctx.log.error(f"GPU phase: {type(exc).__name__}: {exc}")
+        ctx.problem(f"GPU phase failed ({type(exc).__name__}: {exc})")
+    return gpu
 
 
-def _problem(state: BootState, text: str) -> None:
-    state.log.warning(text)
-    state.problems.append(text)
-
-
-def detect(state: BootState) -> GpuState:
-    with state.timeline.phase("topology"):
-        topo = topology.detect(state.root, state.config.text("mode"))
-    state.log.info(topo.status())
+def detect(ctx: Context) -> GpuState:
+    with ctx.timeline.phase("topology"):
+        topo = topology.detect(ctx.root, ctx.config.text("mode"))
+    ctx.log.info(topo.status())
     if topo.mode == topology.UNKNOWN:
-        _problem(state, topo.status())
+        ctx.problem(topo.status())
     return GpuState(topo)
 
 
-def tune(state: BootState, gpu: GpuState) -> None:
+def tune(ctx: Context, gpu: GpuState) -> None:
     """Resizable BAR (guestinit.rebar, before the driver binds), BAR placement warnings,
     hugepage pools (guestinit.hugepages) and the THP mode (guestinit.thp)."""
-    config, root, topo = state.config, state.root, gpu.topology
+    config, root, topo = ctx.config, ctx.root, gpu.topology
     counted = topo.gpus + topo.nvswitches + topo.sw_mng
     if counted:
-        from guestinit.init import pci
+        from guestinit.init.gpu import pci
 
         if config.text("rebar") != "off" and topo.gpus:
-            with state.timeline.phase("rebar"):
+            with ctx.timeline.phase("rebar"):
                 done, problems = pci.apply_rebar(root, topo.gpus, config.text("rebar"))
             gpu.tuning.extend(done)
             for problem in problems:
-                _problem(state, problem)
+                ctx.problem(problem)
             if done:  # addresses moved: read the devices again
                 gpu.topology = topo = topology.detect(root, config.text("mode"))
                 counted = topo.gpus + topo.nvswitches + topo.sw_mng
         gpu.bar_warnings = pci.bar_warnings(counted)
         for warning in gpu.bar_warnings:
-            state.log.warning(f"BAR placement: {warning}")
+            ctx.log.warning(f"BAR placement: {warning}")
     requests = config["hugepages"]
     if requests or config.text("thp") != "keep":
-        from guestinit.init import hugepages
+        from guestinit.init.gpu import hugepages
 
         assert isinstance(requests, tuple)
-        with state.timeline.phase("hugepages"):
+        with ctx.timeline.phase("hugepages"):
             reserved = hugepages.reserve(root, requests)
             thp_problem = hugepages.set_thp(root, config.text("thp"))
         for result in reserved:
             gpu.tuning.append(str(result))
             if not result.ok:
-                _problem(state, str(result))
+                ctx.problem(str(result))
         if thp_problem:
-            _problem(state, thp_problem)
+            ctx.problem(thp_problem)
         elif config.text("thp") != "keep":
             gpu.tuning.append(f"thp {config.text('thp')}")
 
 
-def load_driver(state: BootState, gpu: GpuState) -> None:
+def load_driver(ctx: Context, gpu: GpuState, tree: modules.ModuleTree | None) -> None:
     """The mode's modules (nvidia.module_plan: NvLinkDisable with one GPU, the device file
     mode, guestinit.nvidia.*), then the /dev/nvidia* nodes, made and awaited (bounded)."""
-    from guestinit.init import nvidia
+    from guestinit.init.gpu import nvidia
 
-    config, root, topo = state.config, state.root, gpu.topology
+    config, root, topo = ctx.config, ctx.root, gpu.topology
     plan = nvidia.module_plan(topo.spec.modules, len(topo.gpus), config.values)
-    with state.timeline.phase("gpu modules"):
-        # the base modules' tree (read-only once built, loads under way share it), else a new one
-        loading = state.module_loading
-        tree = loading.tree if loading is not None else modules.ModuleTree(root)
+    with ctx.timeline.phase("gpu modules"):
+        tree = tree if tree is not None else modules.ModuleTree(root)
         results = modules.load(tree, [m.name for m in plan], {m.name: m.params for m in plan})
-    state.module_results.extend(results)
+    gpu.module_results.extend(results)
     how = {r.name: r for r in results}
     for result in results:
         if result.how == "failed":
-            _problem(state, f"module {result.name} failed: {result.error}")
+            ctx.problem(f"module {result.name} failed: {result.error}")
     if "nvidia" not in how:
         return
     if how["nvidia"].how not in LOADED:
@@ -148,15 +147,15 @@ def load_driver(state: BootState, gpu: GpuState) -> None:
         return
     info = nvidia.read_version(root)
     gpu.driver = info.version if info is not None else ""
-    with state.timeline.phase("gpu nodes"):
+    with ctx.timeline.phase("gpu nodes"):
         created, problems = nvidia.make_nodes(root, config.values)
         missing = nvidia.await_nodes(root, config.values)
     if created:
-        state.log.info(f"made {', '.join(created)}")
+        ctx.log.info(f"made {', '.join(created)}")
     for problem in problems:
-        _problem(state, problem)
+        ctx.problem(problem)
     expected = nvidia.expected_nodes(root)
     if missing or not expected:
         what = ", ".join(missing) if missing else "no /dev/nvidia* node to make (/proc/devices)"
-        _problem(state, f"NVIDIA device nodes missing: {what}")
+        ctx.problem(f"NVIDIA device nodes missing: {what}")
         gpu.degraded.append("nvidia")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from guestinit.init.gpu_params import NV_PARAMS, nvidia_value
+from guestinit.init.gpu.params import NV_PARAMS, nvidia_value
 from guestinit.init.root import Root
 
 value = nvidia_value  # a guestinit.nvidia.* value from parsed config values

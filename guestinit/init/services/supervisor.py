@@ -1,24 +1,23 @@
 """Supervision: start services in dependency order (independent ones in parallel), wait for
-their readiness, restart them with back-off, give up, and stop them in reverse order.
-
-States: waiting -> starting -> ready [-> exited]; starting/ready -> backoff -> starting ...;
-any -> failed (gave up) / stopping -> stopped; skipped (condition false) and disabled
-(guestinit.disable) count as settled, like ready, exited and failed.
-"""
+their readiness, restart them with back-off, give up, and stop them in reverse order. The
+states a service goes through are described in service.py."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from guestinit.init import probes, spawn
 from guestinit.init.clock import boottime
 from guestinit.init.cmodules import signal
 from guestinit.init.kmsg import INFO, Log
-from guestinit.init.loop import Loop, Timer
+from guestinit.init.loop import Loop
 from guestinit.init.reaper import Reaper, describe, succeeded
 from guestinit.init.root import Root
-from guestinit.init.service_config import ServiceSpec, cycles, dependencies, levels
+from guestinit.init.services import probes, spawn
+from guestinit.init.services.keys import ServiceSpec
+from guestinit.init.services.order import cycles, dependencies, levels
+from guestinit.init.services.pipe import Pipe
+from guestinit.init.services.service import Service
 from guestinit.init.syslog import Ring
 
 TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
@@ -29,137 +28,8 @@ if TYPE_CHECKING:
 
     Event = Callable[["Service", str], None]
 
-SETTLED = frozenset({"ready", "exited", "failed", "skipped", "disabled", "stopped"})
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 10.0
-MAX_LINE = 4096
-
-
-class Pipe:
-    """The read end of a process's stdout/stderr: complete lines go to ``on_line``."""
-
-    def __init__(self, loop: Loop, fd: int, on_line: Callable[[str], None]) -> None:
-        self.loop = loop
-        self.fd = fd
-        self.on_line = on_line
-        self.buf = b""
-        os.set_blocking(fd, False)
-        loop.add_reader(fd, self._readable)
-
-    def _readable(self) -> None:
-        self.read()
-
-    def read(self) -> bool:
-        """One read; False at end of file (the pipe is then closed)."""
-        if self.fd < 0:
-            return False
-        try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
-            return True
-        except OSError:
-            data = b""
-        if not data:
-            self._emit(self.buf, final=True)
-            self.close()
-            return False
-        self._emit(self.buf + data)
-        return True
-
-    def drain(self) -> None:
-        """Read everything written so far (before an exit is handled, so lines stay in order)."""
-        while self.fd >= 0:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._emit(self.buf, final=True)
-                self.close()
-                return
-            self._emit(self.buf + data)
-
-    def _emit(self, data: bytes, final: bool = False) -> None:
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        while len(rest) > MAX_LINE:
-            lines.append(rest[:MAX_LINE])
-            rest = rest[MAX_LINE:]
-        if final and rest:
-            lines.append(rest)
-            rest = b""
-        self.buf = rest
-        for raw in lines:
-            self.on_line(raw.decode("utf-8", errors="replace").rstrip("\r"))
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self.loop.remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-
-
-class Service:
-    """One service's runtime state."""
-
-    def __init__(self, spec: ServiceSpec) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.state = "waiting"
-        self.deps: list[str] = []
-        self.level = 0
-        self.pid = 0
-        self.out_pid = 0
-        self.pipe: Pipe | None = None
-        self.starts = 0
-        self.restart_times: list[float] = []
-        self.ever_ready = False
-        self.first_start_s: float | None = None
-        self.ready_s: float | None = None
-        self.error = ""
-        self.ready_detail = ""
-        self.creds: spawn.Credentials | None = None
-        self.probe: probes.Probe | None = None
-        self.ready_timer: Timer | None = None
-        self.restart_timer: Timer | None = None
-        self.kill_timer: Timer | None = None
-        self.poll_timer: Timer | None = None
-        self.tree: list[psutil.Process] = []
-        self.stop_started = 0.0
-        self.stop_how = ""
-        self.after_stop: Callable[[], None] | None = None
-        self.adopted = False  # pid_file: the main process is the daemon the started program forked
-
-    def stop_readiness_wait(self) -> None:
-        """Cancel the ready timeout and the readiness probe, if they are still running."""
-        if self.ready_timer is not None:
-            self.ready_timer.cancel()
-            self.ready_timer = None
-        if self.probe is not None:
-            self.probe.cancel()
-            self.probe = None
-
-    @property
-    def settled(self) -> bool:
-        return self.state in SETTLED
-
-    def as_dict(self) -> dict[str, object]:
-        d: dict[str, object] = {"name": self.name, "state": self.state}
-        if self.pid:
-            d["pid"] = self.pid
-        if self.first_start_s is not None:
-            d["start_s"] = round(self.first_start_s, 4)
-        if self.ready_s is not None:
-            d["ready_s"] = round(self.ready_s, 4)
-        if self.starts > 1:
-            d["restarts"] = self.starts - 1
-        if self.spec.critical:
-            d["critical"] = True
-        if self.error:
-            d["error"] = self.error[:300]
-        return d
 
 
 class Supervisor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from guestinit.init.gpu_params import Request, size_name
+from guestinit.init.gpu.params import Request, size_name
 from guestinit.init.root import Root
 
 GLOBAL_DIR = "/sys/kernel/mm/hugepages"

@@ -26,7 +26,7 @@ from guestinit.init.root import Root
 
 TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
-    from guestinit.init.pci import PciDevice
+    from guestinit.init.gpu.pci import PciDevice
 
 UNKNOWN = "unknown"
 DEVICES_DIR = "/sys/bus/pci/devices"  # pci.DEVICES_DIR
@@ -185,7 +185,7 @@ def detect(root: Root, forced: str = "auto", devices: list[PciDevice] | None = N
     """Count GPUs, NVSwitches and SW_MNG bridges and pick the mode; never raises."""
     if devices is None:
         if counted_vendor_present(root):
-            from guestinit.init.pci import list_devices  # dataclasses and more: not for CPU guests
+            from guestinit.init.gpu.pci import list_devices  # dataclasses and more: not for CPU guests
 
             devices = list_devices(root)
         else:
