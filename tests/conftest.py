@@ -14,7 +14,7 @@ settings.register_profile("guestinit", deadline=None, suppress_health_check=[Hea
 settings.load_profile("guestinit")
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 H200_ROOT = FIXTURES / "h200-firecracker-vm" / "root"
 
 

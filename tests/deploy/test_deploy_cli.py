@@ -27,9 +27,7 @@ REFERENCE_KEYS = {  # references §2: the keys of configuration-qemu-nvidia-gpu.
     "agent.kata": "dial_timeout",
     "runtime": "create_container_timeout static_sandbox_resource_mgmt sandbox_cgroup_only",
 }
-H200_ROOT = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "h200-firecracker-vm" / "root"
-)
+H200_ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "h200-firecracker-vm" / "root"
 
 
 def run(capsys: pytest.CaptureFixture[str], command: str, *argv: str | Path) -> tuple[int, str, str]:

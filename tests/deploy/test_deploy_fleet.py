@@ -30,7 +30,7 @@ from guestinit.host.kata.layout import Layout
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 SCHEMA = json.loads((DEPLOY / "schema" / "kubernetes-v1.34.0-strict.json").read_text())
-H200_ROOT = REPO.parent / "shared" / "fixtures" / "h200-firecracker-vm" / "root"
+H200_ROOT = REPO / "tests" / "fixtures" / "h200-firecracker-vm" / "root"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 

@@ -1,6 +1,6 @@
 """Fixture trees for the GPU tests, built from the shapes of the real H200 capture.
 
-``Tree`` starts from a copy of ``../shared/fixtures/h200-firecracker-vm/root`` (a guest with one
+``Tree`` starts from a copy of ``tests/fixtures/h200-firecracker-vm/root`` (a guest with one
 H200 and five virtio functions) or from an empty host-like tree, and clones the captured H200's
 device directory (its config space, ids, link and BAR sizes) into more GPUs, NVSwitches (10de:22a3,
 class 0x068000, one 32 MiB BAR0) and NVLink-5 SW_MNG bridges (15b3 with ``SW_MNG`` in the VPD).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-CAPTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "h200-firecracker-vm"
+CAPTURE = Path(__file__).resolve().parents[1] / "fixtures" / "h200-firecracker-vm"
 CAPTURE_ROOT = CAPTURE / "root"
 H200_ADDRESS = "0000:00:06.0"
 H200_DIR = CAPTURE_ROOT / "sys/devices/pci0000:00" / H200_ADDRESS

@@ -1,7 +1,7 @@
 """PCI functions and their memory BARs, read from sysfs through the injectable root.
 
 Read-only and stdlib-only: the same code reads a guest's /sys at boot, a captured tree
-(``../shared/fixtures``), a host's /sys for the planner, and fake trees in tests. Captured trees
+(``tests/fixtures/``), a host's /sys for the planner, and fake trees in tests. Captured trees
 store symlinks (``driver``, ``iommu_group``, ``/sys/bus/pci/devices/<bdf>``) as small files
 holding the link text; both forms are read.
 

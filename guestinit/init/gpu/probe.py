@@ -1,6 +1,6 @@
 """``guestinit probe [--root DIR] [--json]``: what this machine's GPUs, BARs and hugepages look
 like, and the mode guestinit would pick. Read-only; runs on any Linux machine, in a guest or
-against a captured tree (``--root ../shared/fixtures/h200-firecracker-vm/root``).
+against a captured tree (``--root tests/fixtures/h200-firecracker-vm/root``).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
     if not os.path.isdir(args.root):
         print(
             f"guestinit probe: --root {args.root}: not a directory; give a tree shaped like / "
-            "(e.g. ../shared/fixtures/h200-firecracker-vm/root)",
+            "(e.g. tests/fixtures/h200-firecracker-vm/root)",
             file=sys.stderr,
         )
         return 2
