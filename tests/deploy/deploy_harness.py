@@ -36,6 +36,7 @@ def make_build(
     initrd_size: int = 300_000,
     kernel_size: int = 100_000,
     kind: str = "initrd",
+    agent: str | None = "3.99.0",
 ) -> Path:
     """A build directory with a kernel, an initrd (or image) and manifest.json; returns the manifest."""
     where.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,13 @@ def make_build(
         "artifacts": artifacts,
         "packages": {"python3-minimal": "3.13.5-1"},
     }
+    if agent is not None:
+        manifest["kata_agent"] = {
+            "version": agent,
+            "sha256": sha(agent.encode()),
+            "source": "kata-static-3.99.0-amd64.tar.zst:kata-ubuntu-noble.image:/usr/bin/kata-agent",
+            "linking": "static",
+        }
     path = where / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path

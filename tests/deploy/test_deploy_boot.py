@@ -18,7 +18,7 @@ pytestmark = pytest.mark.boot
 def test_deployed_kernel_and_initrd_boot(kata_image: Path, tmp_path: Path) -> None:
     prefix = tmp_path / "opt-kata"
     manifest = kata_image.parent / "manifest.json"
-    assert deploy.deploy_main(["--manifest", str(manifest), "--prefix", str(prefix)]) == 0
+    assert deploy.deploy_main(["--manifest", str(manifest), "--prefix", str(prefix), "--allow-no-agent"]) == 0
     qemu = tomllib.loads((prefix / PUBLIC["config"]).read_text())["hypervisor"]["qemu"]
     kernel, initrd = Path(qemu["kernel"]), Path(qemu["initrd"])
     assert kernel.resolve() == (prefix / PUBLIC["kernel"]).resolve()

@@ -26,6 +26,16 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class AgentRecord:
+    """The kata-agent inside the image, as `guestctl build` recorded it."""
+
+    version: str
+    sha256: str
+    source: str
+    linking: str
+
+
+@dataclass(frozen=True)
 class BuildManifest:
     path: Path
     raw: bytes
@@ -36,6 +46,7 @@ class BuildManifest:
     kernel_version: str
     kernel: Artifact
     rootfs: Artifact
+    agent: AgentRecord | None  # None: the image carries no kata-agent
 
 
 def _field(doc: Mapping[str, Any], key: str, where: Path, kind: type = str) -> Any:
@@ -92,6 +103,7 @@ def load_manifest(path: Path) -> BuildManifest:
         raise DeployError(
             f"{path}: need exactly one artifact of kind 'initrd' or 'image', found {len(rootfs)}"
         )
+    agent = _agent(doc.get("kata_agent"), path)
     return BuildManifest(
         path=path,
         raw=raw,
@@ -102,6 +114,23 @@ def load_manifest(path: Path) -> BuildManifest:
         kernel_version=str(doc.get("kernel_version") or "unknown"),
         kernel=found["kernel"],
         rootfs=rootfs[0],
+        agent=agent,
+    )
+
+
+def _agent(entry: object, where: Path) -> AgentRecord | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise DeployError(f"{where}: 'kata_agent' is not an object: rebuild with `guestctl build`")
+    sha = _field(entry, "sha256", where)
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise DeployError(f"{where}: kata_agent sha256 {sha[:80]!r} is not 64 hex digits: rebuild")
+    return AgentRecord(
+        version=_field(entry, "version", where),
+        sha256=sha,
+        source=str(entry.get("source", "")),
+        linking=str(entry.get("linking", "")),
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 from guestinit.host.atomicfs import make_dirs, remove_tree_atomic, sha256_file, write_atomic
 from guestinit.host.build.manifest import SAFE_VERSION, load_manifest, verify_artifact
 from guestinit.host.errors import DeployError, UserError
+from guestinit.host.kata import agent
 from guestinit.host.kata.diff import describe_changes, plan_view, public_view, version_view
 from guestinit.host.kata.layout import SAFE_FLAVOUR, Layout
 from guestinit.host.kata.settings import planned_settings
@@ -72,6 +73,7 @@ def run_deploy(args: argparse.Namespace) -> list[str]:
     manifest = load_manifest(args.manifest)
     for artifact in (manifest.kernel, manifest.rootfs):
         verify_artifact(artifact)
+    agent_lines = agent.check(manifest, layout.prefix, allow_no_agent=args.allow_no_agent, force=args.force)
     plan = planned_settings(args.sysfs_root, args.gpus, args.memory)
     new = build_version(layout, manifest, plan)
     lines = [
@@ -80,6 +82,7 @@ def run_deploy(args: argparse.Namespace) -> list[str]:
         f"to {layout.prefix} as {layout.handler}",
         f"  verify   {manifest.kernel.name} ({_size(manifest.kernel.size)}), "
         f"{manifest.rootfs.name} ({_size(manifest.rootfs.size)}): sha256 as in {manifest.path}",
+        *agent_lines,
     ]
     installs = [
         (artifact, layout.assets / layout.versioned_name(artifact.kind, manifest.version))
@@ -227,6 +230,16 @@ def deploy_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--gpus", help="for the planner: BDF,... of the devices to pass through, or all")
     parser.add_argument("--memory", help="for the planner: guest RAM, e.g. 64G (bare numbers are MiB)")
+    parser.add_argument(
+        "--allow-no-agent",
+        action="store_true",
+        help="deploy an image without a kata-agent (sandboxes cannot start with it; for testing the boot)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="deploy even when the image's kata-agent is of another release than the node's Kata shim",
+    )
     return parser
 
 
