@@ -72,6 +72,7 @@ bench: setup
 docs: setup
 	$(VENV)/bin/guestinit params --markdown > docs/kernel-cmdline.md
 	$(VENV)/bin/guestinit services --markdown > docs/services.md
+	$(VENV)/bin/guestctl build --markdown > docs/build.md
 	$(VENV)/bin/python -m guestinit.init.tomlfiles image/mkosi.extra
 	(echo '# The GPU image copy (guestinit.fabricmanager.config, NVLink GPU modes): FABRIC_MODE=0, log to syslog.'; \
 		$(VENV)/bin/python -m guestinit.fabric.render fabricmanager-cfg --set FABRIC_MODE=0 --set LOG_FILE_NAME=) \

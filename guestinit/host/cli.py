@@ -11,26 +11,6 @@ from guestinit import __version__
 from guestinit.host.errors import UserError
 
 
-def _build(args: argparse.Namespace) -> int:
-    from guestinit.host.build.images import build
-
-    env = {}
-    for item in args.env or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(
-                f"--env {item!r} is not KEY=VALUE", hint="e.g. --env GUESTINIT_FABRICMANAGER=/path"
-            )
-        env[key] = value
-    packages = Path(args.fabricmanager) if args.fabricmanager else None
-    if packages is not None and args.image != "servicevm":
-        raise UserError(
-            "--fabricmanager is for the servicevm image", hint="guestctl build servicevm --fabricmanager DIR"
-        )
-    build(args.image, args.profile, if_needed=args.if_needed, extra_env=env, packages=packages)
-    return 0
-
-
 def _boot(args: argparse.Namespace) -> int:
     from guestinit.host.boot import DEFAULT_IMAGE, BootOptions, boot, format_timeline, summary
 
@@ -87,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Subcommands implemented in their own modules take their own argument parsers.
     passthrough = {
+        "build": ("guestinit.host.build.cli", "main"),
         "listen": ("guestinit.host.listen_cli", "main"),
         "plan": ("guestinit.host.plan.planner", "main"),
         "deploy": ("guestinit.host.kata.deploy", "deploy_main"),
@@ -105,19 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog="guestctl", description="Host tools for guestinit images.")
         parser.add_argument("--version", action="version", version=__version__)
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-        p = sub.add_parser("build", help="build an image with mkosi (outputs under build/)")
-        p.add_argument("image", nargs="?", default="kata", help="kata (default) or servicevm")
-        p.add_argument("--profile", default="default", help="image profile, e.g. gpu")
-        p.add_argument(
-            "--if-needed", action="store_true", help="reuse build/ or the cache when inputs are unchanged"
-        )
-        p.add_argument("--env", action="append", metavar="KEY=VALUE", help="pass to mkosi scripts")
-        p.add_argument(
-            "--fabricmanager",
-            metavar="DIR",
-            help="servicevm: folder with NVIDIA's nvidia-fabricmanager / libnvidia-nscq .deb files",
-        )
-        p.set_defaults(func=_build)
         p = sub.add_parser("boot", help="boot an image in QEMU, wait for READY, print the timeline")
         p.add_argument(
             "image", nargs="?", help="initrd to boot (default: the Kata image `guestctl build` writes)"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from guestinit.host.bench import baselines
-from guestinit.host.bench.baselines import S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, Entry, newc
 from guestinit.host.build.images import mkosi_python_path
+from guestinit.host.build.newc import S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, Entry
+from guestinit.host.build.newc import write as newc
 from guestinit.host.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,6 +110,7 @@ def test_systemd_digest_follows_its_inputs(tmp_path: Path) -> None:
         (tmp_path / rel).mkdir(parents=True)
     (tmp_path / "baselines/systemd/mkosi.conf").write_text("[Output]\n")
     (tmp_path / "image/keep.list").write_text("usr/bin/python3*\n")
+    (tmp_path / "image/finalize-common").write_text("")
     (tmp_path / "guestinit/host/build/trim.py").write_text("")
     first = baselines.systemd_digest(tmp_path)
     (tmp_path / "image/keep.list").write_text("usr/bin/python3*\nusr/bin/kmod\n")

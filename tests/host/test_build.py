@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pytest_subprocess import FakeProcess
 
 from guestinit.host.build import images as build
 from guestinit.host.errors import UserError
@@ -64,7 +65,7 @@ def test_manifest_lists_artifacts_with_sha256(tmp_path: Path) -> None:
     (tmp_path / "guestinit-kata.manifest").write_text(
         json.dumps({"packages": [{"name": "python3-minimal", "version": "3.13.5-1"}]})
     )
-    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "default", "d" * 64, 12.3)
+    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "default", "d" * 64, 12.3, 0)
     data = json.loads(path.read_text())
     assert data["kernel_version"] == "6.12.1"
     assert data["packages"] == {"python3-minimal": "3.13.5-1"}
@@ -78,35 +79,76 @@ def test_manifest_lists_artifacts_with_sha256(tmp_path: Path) -> None:
 
 def test_a_zstd_initrd_is_an_initrd_too(tmp_path: Path) -> None:
     (tmp_path / "guestinit-kata.cpio.zst").write_bytes(b"gpu initrd")  # the gpu profile's output
-    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "gpu", "d" * 64, 1.0)
+    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "gpu", "d" * 64, 1.0, 0)
     [artifact] = json.loads(path.read_text())["artifacts"]
     assert (artifact["name"], artifact["kind"], artifact["size"]) == ("guestinit-kata.cpio.zst", "initrd", 10)
 
 
-def test_a_rebuild_first_removes_what_the_last_manifest_listed(tmp_path: Path) -> None:
-    (tmp_path / "guestinit-kata.cpio.zst").write_bytes(b"old initrd")
-    (tmp_path / "guestinit-kata.vmlinuz").write_bytes(b"kernel")
-    build.write_manifest(tmp_path, build.IMAGES["kata"], "default", "d" * 64, 1.0)
-    (tmp_path / "notes.txt").write_text("not an artifact\n")
-    build._remove_previous_outputs(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "notes.txt"]
-    # the next manifest names only what the new build wrote
-    (tmp_path / "guestinit-kata.cpio").write_bytes(b"new initrd")
-    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "default", "d" * 64, 1.0)
-    assert [a["name"] for a in json.loads(path.read_text())["artifacts"]] == ["guestinit-kata.cpio"]
+def _fake_mkosi(fp: FakeProcess, writes: dict[str, bytes] | None, returncode: int = 0) -> None:
+    """mkosi stood in for: writes ``writes`` into its --output-directory, exits ``returncode``."""
+
+    def run(process: FakeProcess) -> None:  # pytest-subprocess hands the FakePopen
+        argv = [str(a) for a in process.args]
+        out = Path(_opt(argv, "--output-directory"))
+        for name, data in (writes or {}).items():
+            (out / name).write_bytes(data)
+
+    fp.register([fp.any()], callback=run, returncode=returncode)
 
 
-def test_removing_previous_outputs_ignores_a_missing_or_bad_manifest(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "guestinit-kata.cpio").write_bytes(b"initrd")
-    build._remove_previous_outputs(out)
-    (out / "manifest.json").write_text('{"artifacts": [{"name": "../escape"}, {"name": ""}]}')
-    (tmp_path / "escape").write_text("outside\n")
-    build._remove_previous_outputs(out)
-    (out / "manifest.json").write_text("not json")
-    build._remove_previous_outputs(out)
-    assert (out / "guestinit-kata.cpio").is_file() and (tmp_path / "escape").is_file()
+@pytest.fixture
+def built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A previous good build in a repository copy's build/kata (mkosi.conf marks the root)."""
+    monkeypatch.setenv("GUESTINIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796349683")
+    (tmp_path / "cache" / "tools" / "mkosi" / "usr/lib/python3/dist-packages/mkosi").mkdir(parents=True)
+    monkeypatch.setattr(build, "repo_root", lambda: tmp_path)
+    out = tmp_path / "build" / "kata"
+    out.mkdir(parents=True)
+    (out / "guestinit-kata.cpio").write_bytes(b"good initrd")
+    (out / "guestinit-kata.vmlinuz").write_bytes(b"good kernel")
+    build.write_manifest(out, build.IMAGES["kata"], "default", "d" * 64, 1.0, 1796349683)
+    return out
+
+
+def test_a_failed_build_leaves_the_last_good_one(built: Path, fp: FakeProcess) -> None:
+    before = {p.name: p.read_bytes() for p in built.iterdir()}
+    _fake_mkosi(fp, {"guestinit-kata.cpio": b"half"}, returncode=1)
+    with pytest.raises(UserError, match="the last build is untouched"):
+        build.build("kata", log=io.StringIO())
+    assert {p.name: p.read_bytes() for p in built.iterdir()} == before
+    assert sorted(p.name for p in built.parent.iterdir()) == ["kata"]  # no staging left behind
+
+
+def test_a_good_build_replaces_the_last_one_whole(built: Path, fp: FakeProcess) -> None:
+    _fake_mkosi(fp, {"guestinit-kata.cpio": b"new initrd", "guestinit-kata.vmlinuz": b"new kernel"})
+    log = io.StringIO()
+    manifest = build.build("kata", log=log)
+    data = json.loads(manifest.read_text())
+    assert {a["name"] for a in data["artifacts"]} == {"guestinit-kata.cpio", "guestinit-kata.vmlinuz"}
+    assert (built / "guestinit-kata.cpio").read_bytes() == b"new initrd"
+    assert data["source_date_epoch"] == 1796349683 and data["built"] == "2026-12-04T02:01:23+00:00"
+    assert data["version"].endswith("-20261204020123-" + data["input_digest"][:8])
+    assert "SOURCE_DATE_EPOCH=1796349683" in log.getvalue() and "--source-date-epoch" in log.getvalue()
+    assert sorted(p.name for p in built.parent.iterdir()) == ["kata"]
+
+
+def test_check_reproducible_names_the_first_difference(built: Path, fp: FakeProcess) -> None:
+    from guestinit.host.build.newc import S_IFREG, Entry, write
+
+    first = write([Entry("etc/a", S_IFREG | 0o644, b"x"), Entry("etc/b", S_IFREG | 0o644, b"y")])
+    second = write([Entry("etc/a", S_IFREG | 0o644, b"x"), Entry("etc/b", S_IFREG | 0o644, b"z")])
+    _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
+    _fake_mkosi(fp, {"guestinit-kata.cpio": second, "guestinit-kata.vmlinuz": b"k"})
+    with pytest.raises(UserError, match=r"not reproducible: guestinit-kata.cpio: .*etc/b: content differ"):
+        build.build("kata", log=io.StringIO(), check_reproducible=True)
+    assert (built / "guestinit-kata.cpio").read_bytes() == first  # the first build is the build
+    _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
+    _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
+    log = io.StringIO()
+    build.build("kata", log=log, check_reproducible=True)
+    assert "reproducible: the second build's 2 artifacts are byte for byte the same" in log.getvalue()
+    assert not (built.parent / ".kata.repro").exists()
 
 
 @pytest.mark.skipif(not (build.mkosi_python_path() / "mkosi").is_dir(), reason="mkosi not set up")
@@ -125,3 +167,13 @@ def test_default_image_is_uncompressed_and_the_gpu_profile_keeps_zstd(tmp_path: 
         seen[profile] = config["CompressOutput"]
     # guestinit-kata.cpio, read by the kernel with no decoder; the gpu image stays .cpio.zst
     assert seen == {"default": "none", "gpu": "zstd"}
+
+
+def test_build_reference_is_generated_from_the_option_table() -> None:
+    from guestinit.host.build import cli
+
+    text = cli.reference_markdown()
+    for opt in cli.OPTIONS:
+        assert opt.help in text
+    assert (build.repo_root() / "docs" / "build.md").read_text() == text, "docs/build.md is stale: make docs"
+    assert cli.main(["--fabricmanager", "/nonexistent"]) == 2  # kata: the option is for servicevm

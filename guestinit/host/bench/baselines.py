@@ -25,12 +25,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from guestinit.atomicfile import write_atomic
+from guestinit.host.build import newc
 from guestinit.host.build.images import cache_dir, mkosi_python_path, repo_root, sha256_file
+from guestinit.host.build.newc import S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, Entry
 from guestinit.host.build.trim import elf_needed
 from guestinit.host.errors import UserError
 
@@ -74,40 +75,6 @@ while :; do sleep 3600 || exec sh; done
 # The applets the script runs, as links in /bin (this busybox does not find applets by itself).
 APPLETS = ("sh", "mount", "dmesg", "sed", "sleep")
 
-S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One newc cpio member."""
-
-    name: str
-    mode: int
-    data: bytes = b""
-    rdevmajor: int = 0
-    rdevminor: int = 0
-
-
-def newc(entries: list[Entry]) -> bytes:
-    """A newc (070701) archive of ``entries`` plus the trailer; mtimes and owners are 0, so the
-    same input gives the same bytes."""
-    out = bytearray()
-
-    def member(ino: int, e: Entry) -> None:
-        name = e.name.encode() + b"\0"
-        nlink = 2 if e.mode & 0o170000 == S_IFDIR else 1
-        fields = (ino, e.mode, 0, 0, nlink, 0, len(e.data), 0, 0, e.rdevmajor, e.rdevminor, len(name), 0)
-        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields) + name)
-        out.extend(b"\0" * (-len(out) % 4))
-        out.extend(e.data)
-        out.extend(b"\0" * (-len(out) % 4))
-
-    for ino, entry in enumerate(entries, start=1):
-        member(ino, entry)
-    member(0, Entry("TRAILER!!!", 0))
-    out.extend(b"\0" * (-len(out) % 512))
-    return bytes(out)
-
 
 def busybox_entries(busybox: bytes, init: str = BUSYBOX_INIT) -> list[Entry]:
     return [
@@ -132,7 +99,7 @@ def busybox_floor(busybox: Path = BUSYBOX, cache: Path | None = None) -> Path:
     digest = hashlib.sha256(binary + BUSYBOX_INIT.encode()).hexdigest()[:16]
     out = (cache or cache_dir() / "baselines") / f"busybox-{digest}.cpio"
     if not out.is_file():
-        write_atomic(out, newc(busybox_entries(binary)))
+        write_atomic(out, newc.write(busybox_entries(binary)))
     return out
 
 
@@ -144,7 +111,11 @@ def systemd_inputs(root: Path) -> list[Path]:
     base = root / SYSTEMD_DIR
     files = sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     sources = root / "image" / "mkosi.sandbox"
-    shared = [root / "image" / "keep.list", root / "guestinit" / "host" / "build" / "trim.py"]
+    shared = [
+        root / "image" / "keep.list",
+        root / "image" / "finalize-common",
+        root / "guestinit" / "host" / "build" / "trim.py",
+    ]
     return files + sorted(p for p in sources.rglob("*") if p.is_file()) + shared
 
 

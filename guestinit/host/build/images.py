@@ -16,12 +16,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from guestinit import __version__
 from guestinit.atomicfile import write_atomic
+from guestinit.host.build import reproducible
 from guestinit.host.errors import UserError
 
 
@@ -140,14 +143,18 @@ def _packages(out: Path, image_id: str) -> dict[str, str]:
     return {}
 
 
-def write_manifest(out: Path, spec: ImageSpec, profile: str, digest: str, seconds: float) -> Path:
+def write_manifest(out: Path, spec: ImageSpec, profile: str, digest: str, seconds: float, epoch: int) -> Path:
+    """manifest.json: what was built from what. Everything but build_seconds follows from the
+    inputs: the version is the guestinit release, the inputs' date (SOURCE_DATE_EPOCH) and
+    their digest, so two builds of the same inputs name the same version."""
     kver_file = out / f"{spec.image_id}.kver"
-    now = datetime.datetime.now(datetime.UTC)
+    when = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
     manifest = {
         "image": spec.name,
         "profile": profile,
-        "version": f"{__version__}-{now.strftime('%Y%m%d%H%M%S')}",
-        "built": now.isoformat(timespec="seconds"),
+        "version": f"{__version__}-{when.strftime('%Y%m%d%H%M%S')}-{digest[:8]}",
+        "built": when.isoformat(timespec="seconds"),
+        "source_date_epoch": epoch,
         "build_seconds": round(seconds, 1),
         "input_digest": digest,
         "kernel_version": kver_file.read_text().strip() if kver_file.is_file() else "",
@@ -169,20 +176,6 @@ def _up_to_date(out: Path, digest: str) -> bool:
             for a in data["artifacts"]
         )
     return False
-
-
-def _remove_previous_outputs(out: Path) -> None:
-    """Delete the artifacts the last build's manifest lists (mkosi is about to write them
-    again), so one that mkosi no longer writes, such as an initrd renamed from .cpio.zst to
-    .cpio, neither lingers for a tool to pick up nor lands in the new manifest."""
-    try:
-        artifacts = json.loads((out / "manifest.json").read_text())["artifacts"]
-        names = [str(a["name"]) for a in artifacts]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    for name in names:
-        if name and "/" not in name and name not in (".", ".."):
-            (out / name).unlink(missing_ok=True)
 
 
 def _restore_from_cache(cached: Path, out: Path, digest: str) -> bool:
@@ -221,8 +214,14 @@ def mkosi_command(
     out: Path,
     extra_env: dict[str, str],
     volatile_packages: Path | None = None,
+    epoch: int | None = None,
+    fresh: Path | None = None,
 ) -> list[str]:
+    """mkosi's command line for one build. ``fresh`` is a scratch folder for a build from
+    nothing (its image and compile caches start empty; downloaded packages are shared)."""
     cache = cache_dir()
+    image_cache = fresh / "cache" if fresh else cache / "mkosi" / mkosi_cache_name(spec, profile)
+    build_cache = fresh / "build" if fresh else cache / "mkosi" / f"build-{profile}"
     argv = [
         "/usr/bin/python3",
         "-m",
@@ -232,7 +231,7 @@ def mkosi_command(
         "--output-directory",
         os.fspath(out),
         "--cache-directory",
-        os.fspath(cache / "mkosi" / mkosi_cache_name(spec, profile)),
+        os.fspath(image_cache),
         "--package-cache-dir",
         os.fspath(cache / "mkosi" / "packages"),
         "--manifest-format",
@@ -240,9 +239,11 @@ def mkosi_command(
     ]
     if profile != "default":
         # the profile's compile cache (e.g. NVIDIA's modules) lives beside the image cache
-        argv += ["--profile", profile, "--build-directory", os.fspath(cache / "mkosi" / f"build-{profile}")]
+        argv += ["--profile", profile, "--build-directory", os.fspath(build_cache)]
     if volatile_packages is not None:
         argv += ["--volatile-package-directory", os.fspath(volatile_packages)]
+    if epoch is not None:
+        argv += ["--source-date-epoch", str(epoch)]
     for key, value in sorted(extra_env.items()):
         argv += ["--environment", f"{key}={value}"]
     argv += ["-f", "build"]
@@ -256,9 +257,13 @@ def build(
     extra_env: dict[str, str] | None = None,
     log: TextIO = sys.stderr,
     packages: Path | None = None,
+    check_reproducible: bool = False,
 ) -> Path:
     """Build (or reuse) one image; returns its manifest path. ``packages`` is a directory of
-    user-supplied .deb files (NVIDIA's fabricmanager and nscq for the service VM)."""
+    user-supplied .deb files (NVIDIA's fabricmanager and nscq for the service VM).
+
+    mkosi writes into a staging folder beside build/<image>; only a complete build replaces
+    the last one, so a failed or interrupted build leaves the last good one in place."""
     if name not in IMAGES:
         raise UserError(f"unknown image {name!r}", hint=f"choose one of {', '.join(IMAGES)}")
     spec = IMAGES[name]
@@ -286,7 +291,7 @@ def build(
     digest = input_digest(root, spec, profile, digest_env)
     out = output_dir(root, spec, profile)
     cached = cache_dir() / "images" / out.name
-    if if_needed:
+    if if_needed and not check_reproducible:
         if _up_to_date(out, digest):
             _say(log, f"{out.relative_to(root)} is up to date (inputs unchanged)")
             return out / "manifest.json"
@@ -297,30 +302,97 @@ def build(
         raise UserError(
             "mkosi 25.3 is not installed in ~/.cache/guestinit/tools", hint="run `make setup` first"
         )
-    argv = mkosi_command(root, spec, profile, out, extra_env, packages)
+    epoch, epoch_source = reproducible.source_date_epoch(root, spec.inputs)
+    when = datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds")
+    _say(log, f"SOURCE_DATE_EPOCH={epoch} ({when}, {epoch_source})")
+    staging = out.with_name(f".{out.name}.staging")
+    seconds = _run_mkosi(root, spec, profile, staging, extra_env, packages, epoch, log)
+    write_manifest(staging, spec, profile, digest, seconds, epoch)
+    _replace_dir(staging, out)
+    _save_to_cache(out, cached)
+    manifest = out / "manifest.json"
+    data = json.loads(manifest.read_text())
+    for artifact in data["artifacts"]:
+        _say(log, f"  {artifact['name']:<36} {artifact['size'] / 1e6:8.1f} MB  sha256 {artifact['sha256']}")
+    _say(log, f"built {name} ({profile}) in {seconds:.0f} s; manifest {manifest.relative_to(root)}")
+    if check_reproducible:
+        _check_reproducible(root, spec, profile, out, extra_env, packages, epoch, data, log)
+    return manifest
+
+
+def _run_mkosi(
+    root: Path,
+    spec: ImageSpec,
+    profile: str,
+    dest: Path,
+    extra_env: dict[str, str],
+    packages: Path | None,
+    epoch: int,
+    log: TextIO,
+    fresh: Path | None = None,
+) -> float:
+    """One mkosi build into the empty folder ``dest``; the seconds it took."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    argv = mkosi_command(root, spec, profile, dest, extra_env, packages, epoch, fresh)
     env = dict(os.environ, PYTHONPATH=os.fspath(mkosi_python_path()))
     _say(log, f"$ PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}")
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_previous_outputs(out)
-    import time
-
     start = time.monotonic()
     proc = subprocess.run(argv, env=env, cwd=root, check=False)
     seconds = time.monotonic() - start
     if proc.returncode != 0:
+        shutil.rmtree(dest, ignore_errors=True)
         raise UserError(
-            f"mkosi failed building {name} (exit {proc.returncode})", hint="see its output above", exit_code=1
+            f"mkosi failed building {spec.name} (exit {proc.returncode}); the last build is untouched",
+            hint="see its output above",
+            exit_code=1,
         )
-    manifest = write_manifest(out, spec, profile, digest, seconds)
-    _save_to_cache(out, cached)
-    data = json.loads(manifest.read_text())
-    for artifact in data["artifacts"]:
-        _say(
-            log,
-            f"  {artifact['name']:<36} {artifact['size'] / 1e6:8.1f} MB  sha256 {artifact['sha256'][:16]}…",
+    return seconds
+
+
+def _replace_dir(new: Path, old: Path) -> None:
+    """Put the finished build ``new`` where ``old`` was: two renames, so build/<image> always
+    holds one whole build (briefly none, never a mix)."""
+    trash = old.with_name(f".{old.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    if old.exists():
+        os.replace(old, trash)
+    os.replace(new, old)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _check_reproducible(
+    root: Path,
+    spec: ImageSpec,
+    profile: str,
+    out: Path,
+    extra_env: dict[str, str],
+    packages: Path | None,
+    epoch: int,
+    first: dict[str, Any],
+    log: TextIO,
+) -> None:
+    """Build once more from nothing (fresh mkosi image and compile caches, the same downloaded
+    packages) and compare with the build in ``out``; raise naming the first difference."""
+    second = out.with_name(f".{out.name}.repro")
+    with tempfile.TemporaryDirectory(prefix="guestinit-repro-", dir=cache_dir()) as scratch:
+        _say(log, f"--check-reproducible: building {spec.name} ({profile}) again from nothing")
+        seconds = _run_mkosi(root, spec, profile, second, extra_env, packages, epoch, log, Path(scratch))
+    write_manifest(second, spec, profile, str(first["input_digest"]), seconds, epoch)
+    again = json.loads((second / "manifest.json").read_text())
+    problems = reproducible.compare(first["artifacts"], again["artifacts"], out, second)
+    if problems:
+        raise UserError(
+            f"{spec.name} ({profile}) is not reproducible: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            hint=f"the second build is kept in {second.relative_to(root)} for comparison",
+            exit_code=1,
         )
-    _say(log, f"built {name} ({profile}) in {seconds:.0f} s; manifest {manifest.relative_to(root)}")
-    return manifest
+    shutil.rmtree(second, ignore_errors=True)
+    _say(
+        log,
+        f"reproducible: the second build's {len(again['artifacts'])} artifacts are byte for byte the same",
+    )
 
 
 def _say(log: TextIO, text: str) -> None:
