@@ -28,7 +28,7 @@ def kata_image() -> Path:
     """The default Kata guest image, built when its inputs changed (else reused)."""
     import io
 
-    from guestinit.host.build.images import build
+    from guestinit.host.build.builder import build
 
     manifest = build("kata", if_needed=True, log=io.StringIO())
     return manifest.parent / "guestinit-kata.cpio"

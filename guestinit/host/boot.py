@@ -8,6 +8,7 @@ placed on the host axis from the READY message (host receive time minus guest re
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -22,8 +23,47 @@ from guestinit.host.listen import Listener, Message
 
 DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio")
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"
+# What Kata's runtime adds to the command line for a rootfs image (rootfs_type = "erofs", the
+# image on virtio-blk as disable_image_nvdimm = true attaches it): root on the disk's first
+# partition, read-only, and systemd's target and masks, which guestinit takes in its stride.
+KATA_IMAGE_APPEND = (
+    "root=/dev/vda1 rootflags=ro rootfstype=erofs systemd.unit=kata-containers.target "
+    "systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket"
+)
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CPIO_MAGIC = b"070701"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def image_form(image: Path) -> str:
+    """ "initrd" (a cpio, plain or compressed) or "image" (a disk with a partition table)."""
+    with open(image, "rb") as f:
+        head = f.read(512)
+    if head.startswith((CPIO_MAGIC, ZSTD_MAGIC, GZIP_MAGIC)):
+        return "initrd"
+    if len(head) == 512 and head[510:] == b"\x55\xaa":
+        return "image"
+    raise UserError(
+        f"{image} is neither an initrd (newc cpio, zstd or gzip) nor a disk image",
+        hint="give what `guestctl build` wrote (build/kata/)",
+    )
+
+
+def default_image(root: Path | None = None) -> Path:
+    """The rootfs of the Kata image form built last (`guestctl build kata [--format erofs]`)."""
+    from guestinit.host.build.images import last_build, repo_root
+
+    try:
+        base = root or repo_root()
+    except UserError:
+        return DEFAULT_IMAGE
+    folder = last_build(base)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        artifacts = json.loads((folder / "manifest.json").read_text())["artifacts"]
+        for artifact in artifacts:
+            if artifact["kind"] in ("initrd", "image"):
+                return folder / str(artifact["name"])
+    return folder / DEFAULT_IMAGE.name
 
 
 @dataclass
@@ -245,6 +285,13 @@ def _boot_once(opts: BootOptions, run_dir: Path) -> BootResult:
             f"image {opts.image} not found", hint="build it first: guestctl build kata (or make run)"
         )
     kernel = resolve_kernel(opts.image, opts.kernel)
+    form = image_form(opts.image)
+    if form == "image" and opts.extra_initrd:
+        raise UserError(
+            f"{opts.image} is a root disk image: the kernel mounts it itself, so an extra initrd "
+            "cannot add files to it",
+            hint="build the files in (e.g. guestctl build --kata-agent), or boot the initrd form",
+        )
     binary = qemu.find_qemu()
     result = BootResult()
     result.accel, result.accel_why = choose_accel(opts.accel, kernel)
@@ -253,16 +300,22 @@ def _boot_once(opts: BootOptions, run_dir: Path) -> BootResult:
     sock_dir = Path(tempfile.mkdtemp(prefix="guestinit-"))  # AF_UNIX paths must be short
     console = run_dir / "console.log"
     result.console_log = os.fspath(console)
-    initrd = combine_initrd(opts.image, opts.extra_initrd, run_dir / "initrd.img")
+    initrd = (
+        combine_initrd(opts.image, opts.extra_initrd, run_dir / "initrd.img") if form == "initrd" else None
+    )
     notify_sock = sock_dir / "notify.sock"
     qmp_sock = sock_dir / "qmp.sock"
     vsock_port = qemu.DEFAULT_VSOCK_PORT
+    root_args = KATA_IMAGE_APPEND if form == "image" else ""
     append = " ".join(
-        x for x in (DEFAULT_APPEND, qemu.notify_append(result.transport, vsock_port), opts.append) if x
+        x
+        for x in (DEFAULT_APPEND, root_args, qemu.notify_append(result.transport, vsock_port), opts.append)
+        if x
     )
     cfg = qemu.QemuConfig(
         kernel=kernel,
         initrd=initrd,
+        disk=opts.image if form == "image" else None,
         append=append,
         accel=result.accel,
         memory_mb=opts.memory_mb,

@@ -12,10 +12,10 @@ from guestinit.host.errors import UserError
 
 
 def _boot(args: argparse.Namespace) -> int:
-    from guestinit.host.boot import DEFAULT_IMAGE, BootOptions, boot, format_timeline, summary
+    from guestinit.host.boot import BootOptions, boot, default_image, format_timeline, summary
 
     opts = BootOptions(
-        image=Path(args.image) if args.image else DEFAULT_IMAGE,
+        image=Path(args.image) if args.image else default_image(),
         kernel=Path(args.kernel) if args.kernel else None,
         append=args.append or "",
         extra_initrd=[Path(p) for p in args.extra_initrd or []],
@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         p = sub.add_parser("boot", help="boot an image in QEMU, wait for READY, print the timeline")
         p.add_argument(
-            "image", nargs="?", help="initrd to boot (default: the Kata image `guestctl build` writes)"
+            "image",
+            nargs="?",
+            help="the initrd or root disk image to boot (default: the Kata form built last)",
         )
         p.add_argument("--kernel", help="kernel (default: the .vmlinuz beside the image)")
         p.add_argument("--append", help="extra kernel command-line arguments")

@@ -27,8 +27,11 @@ DEFAULT_VSOCK_PORT = 8888
 @dataclass(frozen=True)
 class QemuConfig:
     kernel: Path
-    initrd: Path
+    initrd: Path | None  # the initrd form; None for the rootfs-image form
     append: str
+    disk: Path | None = (
+        None  # the rootfs-image form: a raw disk on virtio-blk, read-only, as Kata attaches it
+    )
     accel: str = "tcg"  # kvm | tcg
     memory_mb: int = 2048
     cpus: int = 2
@@ -44,7 +47,8 @@ class QemuConfig:
 
 
 def qemu_argv(cfg: QemuConfig) -> list[str]:
-    """The full QEMU command line for a direct kernel boot of ``cfg``."""
+    """The full QEMU command line for a direct kernel boot of ``cfg`` (an initrd, or a root
+    disk the kernel mounts itself)."""
     cpu = "host" if cfg.accel == "kvm" else "max"
     argv = [
         cfg.binary,
@@ -65,11 +69,17 @@ def qemu_argv(cfg: QemuConfig) -> list[str]:
         "-no-reboot",
         "-kernel",
         os.fspath(cfg.kernel),
-        "-initrd",
-        os.fspath(cfg.initrd),
+        *(["-initrd", os.fspath(cfg.initrd)] if cfg.initrd is not None else []),
         "-append",
         cfg.append,
     ]
+    if cfg.disk is not None:
+        argv += [
+            "-drive",
+            f"id=rootfs,file={os.fspath(cfg.disk)},if=none,format=raw,readonly=on",
+            "-device",
+            "virtio-blk-pci,drive=rootfs",
+        ]
     if cfg.console_log is not None:
         argv += ["-serial", f"file:{os.fspath(cfg.console_log)}"]
     else:

@@ -145,7 +145,7 @@ def test_service_files_are_valid_for_guestinit(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def servicevm_image() -> Path:
-    from guestinit.host.build.images import build
+    from guestinit.host.build.builder import build
 
     manifest = build("servicevm", if_needed=True, log=io.StringIO())
     return manifest.parent / "guestinit-servicevm.cpio.zst"
@@ -377,7 +377,7 @@ def test_servicevm_with_fabricmanager_survives_its_restart(fakes: tuple[Path, Pa
 
     debs = _fake_nvidia_package(fakes, tmp_path)
     out = tmp_path / "image"
-    argv = build.mkosi_command(build.repo_root(), build.IMAGES["servicevm"], "default", out, {})
+    argv = build.mkosi_command(build.repo_root(), build.target("servicevm"), out, {})
     argv[argv.index("-f") : argv.index("-f")] = ["--volatile-package-directory", str(debs)]
     # mkosi keys its image cache by distribution~release~arch only: a cache of our own, or this
     # build and the regular ones would keep discarding each other's.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pytest_subprocess import FakeProcess
 
+from guestinit.host.build import builder, manifest
 from guestinit.host.build import images as build
 from guestinit.host.errors import UserError
 
@@ -23,39 +24,46 @@ def test_each_image_and_profile_has_its_own_mkosi_cache(
     monkeypatch.setenv("GUESTINIT_CACHE", str(tmp_path))
     root = build.repo_root()
     caches = set()
-    for name, profile in (("kata", "default"), ("kata", "gpu"), ("servicevm", "default")):
-        argv = build.mkosi_command(root, build.IMAGES[name], profile, tmp_path / "out", {})
+    targets = [("kata", "default", "initrd"), ("kata", "gpu", "initrd"), ("servicevm", "default", "initrd")]
+    targets += [("kata", "default", "erofs"), ("kata", "gpu", "erofs")]
+    for name, profile, form in targets:
+        argv = build.mkosi_command(root, build.target(name, profile, form), tmp_path / "out", {})
         cache = _opt(argv, "--cache-directory")
         assert cache.startswith(str(tmp_path / "mkosi"))
         caches.add(cache)
         assert _opt(argv, "--output-directory") == str(tmp_path / "out")
         assert argv[-2:] == ["-f", "build"]
-    assert len(caches) == 3
-    gpu = build.mkosi_command(root, build.IMAGES["kata"], "gpu", tmp_path, {"A": "b"})
+    assert len(caches) == 5
+    gpu = build.mkosi_command(root, build.target("kata", "gpu"), tmp_path, {"A": "b"})
     assert _opt(gpu, "--profile") == "gpu"
     assert _opt(gpu, "--build-directory") == str(tmp_path / "mkosi" / "build-gpu")
     assert _opt(gpu, "--environment") == "A=b"
-    svm = build.mkosi_command(root, build.IMAGES["servicevm"], "default", tmp_path, {}, tmp_path / "debs")
+    both = build.mkosi_command(root, build.target("kata", "gpu", "erofs"), tmp_path, {})
+    assert _opt(both, "--profile") == "gpu,erofs"
+    assert _opt(both, "--build-directory") == str(tmp_path / "mkosi" / "build-gpu-erofs")
+    svm = build.mkosi_command(root, build.target("servicevm"), tmp_path, {}, tmp_path / "debs")
     assert _opt(svm, "--volatile-package-directory") == str(tmp_path / "debs")
     assert _opt(svm, "-C") == str(root / "service-vm")
 
 
 def test_digest_follows_inputs_and_packages(tmp_path: Path) -> None:
     root = build.repo_root()
-    spec = build.IMAGES["kata"]
-    a = build.input_digest(root, spec, "default", {})
-    assert a == build.input_digest(root, spec, "default", {})
-    assert a != build.input_digest(root, spec, "gpu", {})
-    assert a != build.input_digest(root, spec, "default", {"packages": "x.deb:00"})
+    a = build.input_digest(root, build.target("kata"), {})
+    assert a == build.input_digest(root, build.target("kata"), {})
+    assert a != build.input_digest(root, build.target("kata", "gpu"), {})
+    assert a != build.input_digest(root, build.target("kata", form="erofs"), {})
+    assert a != build.input_digest(root, build.target("kata"), {"packages": "x.deb:00"})
 
 
 def test_bad_image_profile_and_package_dir(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown image 'nope'"):
-        build.build("nope", log=io.StringIO())
+        builder.build("nope", log=io.StringIO())
     with pytest.raises(UserError, match="no profile 'gpu'"):
-        build.build("servicevm", "gpu", log=io.StringIO())
+        builder.build("servicevm", "gpu", log=io.StringIO())
+    with pytest.raises(UserError, match="no form 'erofs'"):
+        builder.build("servicevm", form="erofs", log=io.StringIO())
     with pytest.raises(UserError, match=r"holds no \.deb files"):
-        build.build("servicevm", packages=tmp_path, log=io.StringIO())
+        builder.build("servicevm", packages=tmp_path, log=io.StringIO())
 
 
 def test_manifest_lists_artifacts_with_sha256(tmp_path: Path) -> None:
@@ -65,8 +73,9 @@ def test_manifest_lists_artifacts_with_sha256(tmp_path: Path) -> None:
     (tmp_path / "guestinit-kata.manifest").write_text(
         json.dumps({"packages": [{"name": "python3-minimal", "version": "3.13.5-1"}]})
     )
-    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "default", "d" * 64, 12.3, 0)
+    path = manifest.write_manifest(tmp_path, build.target("kata"), "d" * 64, 12.3, 0)
     data = json.loads(path.read_text())
+    assert data["form"] == "initrd" and "kata_agent" not in data
     assert data["kernel_version"] == "6.12.1"
     assert data["packages"] == {"python3-minimal": "3.13.5-1"}
     by_name = {a["name"]: a for a in data["artifacts"]}
@@ -74,12 +83,12 @@ def test_manifest_lists_artifacts_with_sha256(tmp_path: Path) -> None:
     assert by_name["guestinit-kata.cpio"]["kind"] == "initrd"
     assert by_name["guestinit-kata.cpio"]["size"] == 6
     assert by_name["guestinit-kata.cpio"]["sha256"] == build.sha256_file(tmp_path / "guestinit-kata.cpio")
-    assert build._up_to_date(tmp_path, "d" * 64) and not build._up_to_date(tmp_path, "e" * 64)
+    assert manifest.up_to_date(tmp_path, "d" * 64) and not manifest.up_to_date(tmp_path, "e" * 64)
 
 
 def test_a_zstd_initrd_is_an_initrd_too(tmp_path: Path) -> None:
     (tmp_path / "guestinit-kata.cpio.zst").write_bytes(b"gpu initrd")  # the gpu profile's output
-    path = build.write_manifest(tmp_path, build.IMAGES["kata"], "gpu", "d" * 64, 1.0, 0)
+    path = manifest.write_manifest(tmp_path, build.target("kata", "gpu"), "d" * 64, 1.0, 0)
     [artifact] = json.loads(path.read_text())["artifacts"]
     assert (artifact["name"], artifact["kind"], artifact["size"]) == ("guestinit-kata.cpio.zst", "initrd", 10)
 
@@ -102,12 +111,12 @@ def built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GUESTINIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796349683")
     (tmp_path / "cache" / "tools" / "mkosi" / "usr/lib/python3/dist-packages/mkosi").mkdir(parents=True)
-    monkeypatch.setattr(build, "repo_root", lambda: tmp_path)
+    monkeypatch.setattr(builder, "repo_root", lambda: tmp_path)
     out = tmp_path / "build" / "kata"
     out.mkdir(parents=True)
     (out / "guestinit-kata.cpio").write_bytes(b"good initrd")
     (out / "guestinit-kata.vmlinuz").write_bytes(b"good kernel")
-    build.write_manifest(out, build.IMAGES["kata"], "default", "d" * 64, 1.0, 1796349683)
+    manifest.write_manifest(out, build.target("kata"), "d" * 64, 1.0, 1796349683)
     return out
 
 
@@ -115,7 +124,7 @@ def test_a_failed_build_leaves_the_last_good_one(built: Path, fp: FakeProcess) -
     before = {p.name: p.read_bytes() for p in built.iterdir()}
     _fake_mkosi(fp, {"guestinit-kata.cpio": b"half"}, returncode=1)
     with pytest.raises(UserError, match="the last build is untouched"):
-        build.build("kata", log=io.StringIO())
+        builder.build("kata", log=io.StringIO())
     assert {p.name: p.read_bytes() for p in built.iterdir()} == before
     assert sorted(p.name for p in built.parent.iterdir()) == ["kata"]  # no staging left behind
 
@@ -123,14 +132,15 @@ def test_a_failed_build_leaves_the_last_good_one(built: Path, fp: FakeProcess) -
 def test_a_good_build_replaces_the_last_one_whole(built: Path, fp: FakeProcess) -> None:
     _fake_mkosi(fp, {"guestinit-kata.cpio": b"new initrd", "guestinit-kata.vmlinuz": b"new kernel"})
     log = io.StringIO()
-    manifest = build.build("kata", log=log)
-    data = json.loads(manifest.read_text())
+    path = builder.build("kata", log=log)
+    data = json.loads(path.read_text())
     assert {a["name"] for a in data["artifacts"]} == {"guestinit-kata.cpio", "guestinit-kata.vmlinuz"}
     assert (built / "guestinit-kata.cpio").read_bytes() == b"new initrd"
     assert data["source_date_epoch"] == 1796349683 and data["built"] == "2026-12-04T02:01:23+00:00"
     assert data["version"].endswith("-20261204020123-" + data["input_digest"][:8])
     assert "SOURCE_DATE_EPOCH=1796349683" in log.getvalue() and "--source-date-epoch" in log.getvalue()
-    assert sorted(p.name for p in built.parent.iterdir()) == ["kata"]
+    assert sorted(p.name for p in built.parent.iterdir()) == [".last-kata", "kata"]
+    assert build.last_build(built.parent.parent) == built
 
 
 def test_check_reproducible_names_the_first_difference(built: Path, fp: FakeProcess) -> None:
@@ -141,12 +151,12 @@ def test_check_reproducible_names_the_first_difference(built: Path, fp: FakeProc
     _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
     _fake_mkosi(fp, {"guestinit-kata.cpio": second, "guestinit-kata.vmlinuz": b"k"})
     with pytest.raises(UserError, match=r"not reproducible: guestinit-kata.cpio: .*etc/b: content differ"):
-        build.build("kata", log=io.StringIO(), check_reproducible=True)
+        builder.build("kata", log=io.StringIO(), check_reproducible=True)
     assert (built / "guestinit-kata.cpio").read_bytes() == first  # the first build is the build
     _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
     _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
     log = io.StringIO()
-    build.build("kata", log=log, check_reproducible=True)
+    builder.build("kata", log=log, check_reproducible=True)
     assert "reproducible: the second build's 2 artifacts are byte for byte the same" in log.getvalue()
     assert not (built.parent / ".kata.repro").exists()
 
@@ -157,7 +167,7 @@ def test_default_image_is_uncompressed_and_the_gpu_profile_keeps_zstd(tmp_path: 
     env = dict(os.environ, PYTHONPATH=os.fspath(build.mkosi_python_path()))
     seen = {}
     for profile in ("default", "gpu"):
-        argv = build.mkosi_command(root, build.IMAGES["kata"], profile, tmp_path, {})
+        argv = build.mkosi_command(root, build.target("kata", profile), tmp_path, {})
         assert argv[-2:] == ["-f", "build"]
         argv[-2:] = ["--json", "summary"]
         out = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, check=False)

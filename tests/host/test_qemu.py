@@ -176,3 +176,36 @@ def test_only_a_kernel_death_before_init_is_retried(tmp_path: Path) -> None:
     )  # our init died: a bug, not retried
     console.write_text("[ 3.1] clean\n")
     assert kernel_died_early(BootResult(console_log=str(console))) is None
+
+
+def test_a_root_disk_is_attached_read_only_on_virtio_blk_without_an_initrd(tmp_path: Path) -> None:
+    cfg = qemu.QemuConfig(
+        kernel=tmp_path / "k",
+        initrd=None,
+        disk=tmp_path / "guestinit-kata.img",
+        append="root=/dev/vda1",
+        notify_socket=tmp_path / "n.sock",
+    )
+    argv = qemu.qemu_argv(cfg)
+    assert "-initrd" not in argv
+    drive = argv[argv.index("-drive") + 1]
+    assert drive == f"id=rootfs,file={tmp_path / 'guestinit-kata.img'},if=none,format=raw,readonly=on"
+    assert argv[argv.index("-drive") + 2 : argv.index("-drive") + 4] == [
+        "-device",
+        "virtio-blk-pci,drive=rootfs",
+    ]
+
+
+def test_image_form_is_told_by_content(tmp_path: Path) -> None:
+    from guestinit.host import boot
+    from guestinit.host.build import erofs
+
+    cpio = tmp_path / "kata-containers-initrd.img"  # Kata names its initrds .img too
+    cpio.write_bytes(b"070701" + bytes(600))
+    disk = tmp_path / "kata-containers.img"
+    disk.write_bytes(erofs.mbr(1, 2048, 8) + bytes(4096))
+    assert boot.image_form(cpio) == "initrd" and boot.image_form(disk) == "image"
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"hello")
+    with pytest.raises(UserError, match="neither an initrd"):
+        boot.image_form(junk)

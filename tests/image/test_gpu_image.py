@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from guestinit.host.boot import BootOptions, boot
-from guestinit.host.build.images import build
+from guestinit.host.build.builder import build
 from guestinit.host.build.trim import elf_needed, resolve_in_root
 
 pytestmark = pytest.mark.boot

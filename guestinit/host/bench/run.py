@@ -107,7 +107,7 @@ def resolve_images(specs: list[tuple[str, Path | None]]) -> list[BenchImage]:
 def _guestinit_image() -> Path:
     """The default Kata image, built (or restored from the cache) when its inputs changed."""
     from guestinit.host.boot import DEFAULT_IMAGE
-    from guestinit.host.build.images import build
+    from guestinit.host.build.builder import build
 
     print("guestctl bench: checking the guestinit image (guestctl build kata --if-needed)", file=sys.stderr)
     manifest = build("kata", if_needed=True)

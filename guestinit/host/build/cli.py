@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from guestinit.host.build.images import IMAGES, build
+from guestinit.host.build.builder import build
+from guestinit.host.build.images import IMAGES
 from guestinit.host.errors import UserError
 
 
@@ -148,6 +149,7 @@ def main(argv: list[str]) -> int:
             extra_env=_environment(args.env),
             packages=args.fabricmanager,
             check_reproducible=args.check_reproducible,
+            form=args.format,
         )
     except UserError as exc:
         print(f"guestctl build: {exc.line()}", file=sys.stderr)

@@ -1,7 +1,11 @@
-"""The build manifest (written by `guestctl build`) as deploy reads it, and its artifacts' checks."""
+"""The build manifest, build/<image>/manifest.json: written by `guestctl build` (what was built,
+from what, with which kata-agent), read by `guestctl deploy` and `guestctl boot` with every
+field and artifact checked."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import re
 from collections.abc import Mapping
@@ -9,8 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from guestinit import __version__
+from guestinit.atomicfile import write_atomic
 from guestinit.host.atomicfs import sha256_file
 from guestinit.host.errors import DeployError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from guestinit.host.build.images import Target
 
 SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 ROOTFS_KINDS = ("initrd", "image")
@@ -149,3 +159,75 @@ def verify_artifact(artifact: Artifact) -> None:
             f"{artifact.path}: sha256 {digest[:16]}… ({size} bytes) does not match the manifest's "
             f"{artifact.sha256[:16]}… ({artifact.size} bytes): it changed after the build, rebuild it"
         )
+
+
+# ------------------------------------------------------------------ writing (guestctl build)
+
+
+def _artifacts(out: Path, image_id: str) -> list[dict[str, object]]:
+    kinds = {".cpio": "initrd", ".cpio.zst": "initrd", ".img": "image", ".vmlinuz": "kernel"}
+    artifacts = []
+    for path in sorted(out.iterdir()):
+        if path.is_symlink() or not path.is_file() or not path.name.startswith(image_id):
+            continue
+        kind = next((k for suffix, k in kinds.items() if path.name.endswith(suffix)), None)
+        if kind is None:
+            continue
+        artifacts.append(
+            {"name": path.name, "kind": kind, "sha256": sha256_file(path), "size": path.stat().st_size}
+        )
+    return artifacts
+
+
+def _packages(out: Path, image_id: str) -> dict[str, str]:
+    manifest = out / f"{image_id}.manifest"
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(manifest.read_text())
+        return {p["name"]: p["version"] for p in data.get("packages", []) if "name" in p}
+    return {}
+
+
+def write_manifest(
+    out: Path,
+    build: Target,
+    digest: str,
+    seconds: float,
+    epoch: int,
+    agent: dict[str, object] | None = None,
+) -> Path:
+    """manifest.json: what was built from what. Everything but build_seconds follows from the
+    inputs: the version is the guestinit release, the inputs' date (SOURCE_DATE_EPOCH) and
+    their digest, so two builds of the same inputs name the same version."""
+    spec = build.spec
+    kver_file = out / f"{spec.image_id}.kver"
+    when = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    manifest = {
+        "image": spec.name,
+        "profile": build.profile,
+        "form": build.form,
+        "version": f"{__version__}-{when.strftime('%Y%m%d%H%M%S')}-{digest[:8]}",
+        "built": when.isoformat(timespec="seconds"),
+        "source_date_epoch": epoch,
+        "build_seconds": round(seconds, 1),
+        "input_digest": digest,
+        "kernel_version": kver_file.read_text().strip() if kver_file.is_file() else "",
+        "artifacts": _artifacts(out, spec.image_id),
+        "packages": _packages(out, spec.image_id),
+    }
+    if agent is not None:
+        manifest["kata_agent"] = agent
+    path = out / "manifest.json"
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def up_to_date(out: Path, digest: str) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((out / "manifest.json").read_text())
+        if data.get("input_digest") != digest:
+            return False
+        return all(
+            (out / a["name"]).is_file() and (out / a["name"]).stat().st_size == a["size"]
+            for a in data["artifacts"]
+        )
+    return False
