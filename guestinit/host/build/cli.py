@@ -39,6 +39,15 @@ OPTIONS: tuple[Option, ...] = (
         "--profile", "name", "default", "The image's profile: gpu adds NVIDIA's driver to the Kata guest."
     ),
     Option(
+        "--format",
+        "initrd or erofs",
+        "initrd",
+        "The guest's form: initrd (a newc cpio the kernel unpacks) or erofs (Kata's rootfs-image form: "
+        "an erofs filesystem, lz4hc, in the first partition of a disk image, with a build of Debian's "
+        "kernel that has virtio-blk and erofs built in).",
+        choices=("initrd", "erofs"),
+    ),
+    Option(
         "--if-needed",
         "switch",
         "off",
