@@ -12,7 +12,7 @@ import pytest
 from guestinit.host import kernelconfig as kc
 
 RELIED_ON = ["base", "gpu", "servicevm"]  # Debian's cloud kernel is what the images boot
-OTHERS = ["microvm-builtin", "gpu-extras"]
+OTHERS = ["microvm-builtin", "gpu-extras", "image-rootfs"]
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,8 @@ def test_the_check_lists_what_debian_lacks_for_the_others(
     assert "microvm-builtin.conf: CONFIG_VSOCKETS=m, wants =y" in findings
     assert "gpu-extras.conf: CONFIG_DEVICE_PRIVATE is not set, wants =y" in findings
     assert lines[-1].endswith(
-        "base.conf ok, gpu-extras.conf FAILS, gpu.conf ok, microvm-builtin.conf FAILS, servicevm.conf ok"
+        "base.conf ok, gpu-extras.conf FAILS, gpu.conf ok, image-rootfs.conf FAILS, "
+        "microvm-builtin.conf FAILS, servicevm.conf ok"
     )
     assert kc.main(["check", str(debian_config), *[a for n in RELIED_ON for a in ("--fragment", n)]]) == 0
     assert (
