@@ -114,7 +114,8 @@ def start_modules(state: BootState) -> None:
 def read_exec_time(state: BootState) -> None:
     """When the kernel ran init, from its log: the start of "init exec to READY"."""
     if state.exec_s is None and state.root.is_real:
-        state.exec_s = kernel_log_stamp("Run /init as init process", state.root("/dev/kmsg"))
+        # "Run /init as init process" from an initrd, "Run /sbin/init ..." from a root disk
+        state.exec_s = kernel_log_stamp(" as init process", state.root("/dev/kmsg"))
 
 
 def finish_modules(state: BootState) -> None:

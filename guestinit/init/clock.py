@@ -79,7 +79,8 @@ def kernel_log_stamp(marker: str, kmsg: str = "/dev/kmsg") -> float | None:
     """Time of the first kernel log record containing ``marker`` (monotonic
     seconds since boot, as the kernel stamps records), read without blocking from /dev/kmsg.
 
-    The kernel logs "Run /init as init process" just before it execs init, so this is the
+    The kernel logs "Run /init as init process" (from an initrd; "Run /sbin/init ..." from a
+    root disk) just before it execs init, so this is the
     exec time of PID 1 (its /proc stat start time is when the kernel created the task,
     before the initramfs was unpacked).
     """

@@ -14,6 +14,7 @@ def test_kernel_log_stamp_finds_init_exec(tmp_path: Path) -> None:
         b"6,501,3800000,-;later\n"
     )
     assert kernel_log_stamp("Run /init as init process", str(kmsg)) == 3.719123
+    assert kernel_log_stamp(" as init process", str(kmsg)) == 3.719123  # what boot asks: /init or /sbin/init
     assert kernel_log_stamp("absent", str(kmsg)) is None
     assert kernel_log_stamp("x", str(tmp_path / "missing")) is None
 
