@@ -222,12 +222,17 @@ def _from_tarball(path: Path, label: str, ctx: _Context) -> Found:
     member = ctx.scratch_file(found.path)
     tree.copy_out(found.path, member)
     inner = _from_file(member, f"{label}!/{found.path}", ctx, nested=True)
+    return _through_asset("tarball", f"/{found.path}", name, found, inner, ctx)
+
+
+def _through_asset(kind: str, where: str, name: str, found: Resolved, inner: Found, ctx: _Context) -> Found:
+    """The agent found in the guest image ``found`` (public name ``name``) of a tarball or prefix."""
     note = assets.fallback_note(ctx.profile, name)
     return Found(
         inner.agent,
-        "tarball",
+        kind,
         inner.container,
-        f"/{found.path}!{inner.member}",
+        f"{where}!{inner.member}",
         (*found.chain, *inner.chain),
         (note,) if note else (),
         inner.find,
@@ -253,16 +258,7 @@ def _from_prefix(path: Path, label: str, ctx: _Context) -> Found:
         )
     name, found = picked
     inner = _from_file(tree.path(found.path), f"{label}/{found.path}", ctx, nested=True)
-    note = assets.fallback_note(ctx.profile, name)
-    return Found(
-        inner.agent,
-        "prefix",
-        inner.container,
-        f"{found.path}!{inner.member}",
-        (*found.chain, *inner.chain),
-        (note,) if note else (),
-        inner.find,
-    )
+    return _through_asset("prefix", found.path, name, found, inner, ctx)
 
 
 @dataclass(frozen=True)
