@@ -60,8 +60,12 @@ def make_build(
         manifest["kata_agent"] = {
             "version": agent,
             "sha256": sha(agent.encode()),
-            "source": "kata-static-3.99.0-amd64.tar.zst:kata-ubuntu-noble.image:/usr/bin/kata-agent",
-            "linking": "static",
+            "source": {
+                "given": "kata-static-3.99.0-amd64.tar.zst",
+                "kind": "tarball",
+                "member": "./opt/kata/share/kata-containers/kata-ubuntu-noble.image!/usr/bin/kata-agent",
+            },
+            "linking": {"type": "static", "interpreter": None, "needed": []},
         }
     path = where / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -14,9 +14,9 @@ from guestinit.host.agentsource.resolve import ResolvedAgent
 from guestinit.host.errors import UserError
 
 NO_AGENT_WARNING = (
-    "WARNING: no --agent given and no Kata installed under {prefix}: this image has NO kata-agent "
-    "and cannot run containers; pass --agent with a kata-agent, a Kata image or initrd, a "
-    "kata-static tarball, or a Kata prefix"
+    "WARNING: no --kata-agent given and no Kata installed under {prefix}: this image has NO "
+    "kata-agent and cannot run containers; pass --kata-agent with a kata-agent, a Kata image or "
+    "initrd, a kata-static tarball, or a Kata prefix"
 )
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from guestinit.host.build import erofs, reproducible
+from guestinit.host.build import agent, erofs, reproducible
 from guestinit.host.build.images import (
     Target,
     cache_dir,
@@ -46,11 +46,32 @@ def build(
     packages: Path | None = None,
     check_reproducible: bool = False,
     form: str = "initrd",
+    kata_agent: str | None = None,
 ) -> Path:
     """Build (or reuse) one image; returns its manifest path. ``packages`` is a directory of
-    user-supplied .deb files (NVIDIA's fabricmanager and nscq for the service VM)."""
+    user-supplied .deb files (NVIDIA's fabricmanager and nscq for the service VM);
+    ``kata_agent`` where the Kata guest's agent comes from (None: the Kata under /opt/kata)."""
     what = target(name, profile, form)
     root = repo_root()
+    work = root / "build" / f".agent-{what.spec.name}"
+    try:
+        staged = agent.stage(kata_agent, what, work, log)
+        return _build(root, what, staged, if_needed, extra_env, log, packages, check_reproducible)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(
+    root: Path,
+    what: Target,
+    staged: agent.Staged | None,
+    if_needed: bool,
+    extra_env: dict[str, str] | None,
+    log: TextIO,
+    packages: Path | None,
+    check_reproducible: bool,
+) -> Path:
+    name = what.spec.name
     extra_env = dict(extra_env or {})
     digest_env = dict(extra_env)
     if packages is not None:
@@ -62,6 +83,8 @@ def build(
             )
         packages = packages.resolve()
         digest_env["packages"] = ",".join(f"{d.name}:{sha256_file(d)}" for d in debs)
+    if staged is not None:
+        digest_env["kata_agent"] = staged.digest_input
     elif name == "servicevm":
         _say(
             log,
@@ -88,8 +111,10 @@ def build(
     when = datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds")
     _say(log, f"SOURCE_DATE_EPOCH={epoch} ({when}, {epoch_source})")
     staging = out.with_name(f".{out.name}.staging")
-    seconds = _run(root, what, staging, extra_env, packages, epoch, digest, log)
-    write_manifest(staging, what, digest, seconds, epoch)
+    extras = staged.mkosi_options if staged is not None else ()
+    seconds = _run(root, what, staging, extra_env, packages, epoch, digest, log, extras=extras)
+    record = agent.record(staged, staging, what.spec.image_id) if staged is not None else None
+    write_manifest(staging, what, digest, seconds, epoch, record)
     _replace_dir(staging, out)
     record_last(root, what)
     _save_to_cache(out, cached)
@@ -98,8 +123,10 @@ def build(
     for artifact in data["artifacts"]:
         _say(log, f"  {artifact['name']:<36} {artifact['size'] / 1e6:8.1f} MB  sha256 {artifact['sha256']}")
     _say(log, f"built {what.label} in {seconds:.0f} s; manifest {manifest.relative_to(root)}")
+    if record is not None:
+        _say(log, f"kata-agent {record['version']} in the image at /{agent.AGENT_PATH}")
     if check_reproducible:
-        _check_reproducible(root, what, out, extra_env, packages, epoch, data, log)
+        _check_reproducible(root, what, out, extra_env, packages, epoch, data, log, extras)
     return manifest
 
 
@@ -113,12 +140,13 @@ def _run(
     digest: str,
     log: TextIO,
     fresh: Path | None = None,
+    extras: tuple[str, ...] = (),
 ) -> float:
     """One mkosi build into the empty folder ``dest``, then the erofs form packed; the seconds
     it took. On failure ``dest`` is removed and the error says the last build is untouched."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    argv = mkosi_command(root, what, dest, extra_env, packages, epoch, fresh)
+    argv = mkosi_command(root, what, dest, extra_env, packages, epoch, fresh, extras)
     env = dict(os.environ, PYTHONPATH=os.fspath(mkosi_python_path()))
     _say(log, f"$ PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}")
     start = time.monotonic()
@@ -166,6 +194,7 @@ def _check_reproducible(
     epoch: int,
     first: dict[str, Any],
     log: TextIO,
+    extras: tuple[str, ...] = (),
 ) -> None:
     """Build once more from nothing (fresh mkosi image and compile caches, the same downloaded
     packages) and compare with the build in ``out``; raise naming the first difference."""
@@ -173,7 +202,8 @@ def _check_reproducible(
     digest = str(first["input_digest"])
     with tempfile.TemporaryDirectory(prefix="guestinit-repro-", dir=cache_dir()) as scratch:
         _say(log, f"--check-reproducible: building {what.label} again from nothing")
-        seconds = _run(root, what, second, extra_env, packages, epoch, digest, log, Path(scratch))
+        seconds = _run(root, what, second, extra_env, packages, epoch, digest, log, Path(scratch), extras)
+    (second / f"{what.spec.image_id}.agent-version").unlink(missing_ok=True)
     write_manifest(second, what, digest, seconds, epoch)
     again = json.loads((second / "manifest.json").read_text())
     problems = reproducible.compare(first["artifacts"], again["artifacts"], out, second)

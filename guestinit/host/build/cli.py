@@ -18,8 +18,9 @@ from guestinit.host.errors import UserError
 class Option:
     flag: str  # "image" for the positional argument
     kind: str  # what the reference says the value is
-    default: str
+    default: str  # what the reference says the default is
     help: str
+    value: str | None = None  # the default the parser gives (None: the option is absent)
     metavar: str | None = None
     repeat: bool = False
     switch: bool = False
@@ -34,9 +35,14 @@ OPTIONS: tuple[Option, ...] = (
         "kata",
         "The image to build: " + "; ".join(f"{name}, {spec.help}" for name, spec in IMAGES.items()) + ".",
         choices=tuple(IMAGES),
+        value="kata",
     ),
     Option(
-        "--profile", "name", "default", "The image's profile: gpu adds NVIDIA's driver to the Kata guest."
+        "--profile",
+        "name",
+        "default",
+        "The image's profile: gpu adds NVIDIA's driver to the Kata guest.",
+        value="default",
     ),
     Option(
         "--format",
@@ -46,6 +52,17 @@ OPTIONS: tuple[Option, ...] = (
         "an erofs filesystem, lz4hc, in the first partition of a disk image, with a build of Debian's "
         "kernel that has virtio-blk and erofs built in).",
         choices=("initrd", "erofs"),
+        value="initrd",
+    ),
+    Option(
+        "--kata-agent",
+        "path",
+        "the Kata under /opt/kata",
+        "Where the Kata guest's kata-agent comes from: a kata-agent executable, a Kata guest initrd, "
+        "a Kata guest image (.img/.image), a kata-static release tarball (.tar.xz/.tar.zst) or a Kata "
+        "prefix such as /opt/kata. It must be of the node's Kata release. Without it the build takes "
+        "the agent of the Kata under /opt/kata, or, with none there, builds without one and says so.",
+        metavar="SOURCE",
     ),
     Option(
         "--if-needed",
@@ -88,16 +105,16 @@ def parser() -> argparse.ArgumentParser:
         "SHA256. A failed build leaves the last good one in place.",
     )
     for opt in OPTIONS:
-        text = opt.help + ("" if opt.default in ("none", "off") else f" Default: {opt.default}.")
+        text = opt.help + (f" Default: {opt.default}." if opt.value is not None else "")
         if opt.flag == "image":
-            p.add_argument("image", nargs="?", default=opt.default, choices=opt.choices, help=text)
+            p.add_argument("image", nargs="?", default=opt.value, choices=opt.choices, help=text)
         elif opt.switch:
             p.add_argument(opt.flag, action="store_true", help=text)
         else:
             p.add_argument(
                 opt.flag,
                 action="append" if opt.repeat else "store",
-                default=None if opt.default in ("none",) else opt.default,
+                default=opt.value,
                 metavar=opt.metavar,
                 choices=opt.choices,
                 type=opt.parse or str,
@@ -159,6 +176,7 @@ def main(argv: list[str]) -> int:
             packages=args.fabricmanager,
             check_reproducible=args.check_reproducible,
             form=args.format,
+            kata_agent=args.kata_agent,
         )
     except UserError as exc:
         print(f"guestctl build: {exc.line()}", file=sys.stderr)

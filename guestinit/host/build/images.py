@@ -185,9 +185,11 @@ def mkosi_command(
     volatile_packages: Path | None = None,
     epoch: int | None = None,
     fresh: Path | None = None,
+    extras: tuple[str, ...] = (),
 ) -> list[str]:
     """mkosi's command line for one build. ``fresh`` is a scratch folder for a build from
-    nothing (its image and compile caches start empty; downloaded packages are shared)."""
+    nothing (its image and compile caches start empty; downloaded packages are shared);
+    ``extras`` are more mkosi options (the kata-agent's tree and packages)."""
     cache = cache_dir()
     spec = build.spec
     image_cache = fresh / "cache" if fresh else cache / "mkosi" / mkosi_cache_name(build)
@@ -217,5 +219,5 @@ def mkosi_command(
         argv += ["--source-date-epoch", str(epoch)]
     for key, value in sorted(extra_env.items()):
         argv += ["--environment", f"{key}={value}"]
-    argv += ["-f", "build"]
+    argv += [*extras, "-f", "build"]
     return argv

@@ -136,11 +136,18 @@ def _agent(entry: object, where: Path) -> AgentRecord | None:
     sha = _field(entry, "sha256", where)
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise DeployError(f"{where}: kata_agent sha256 {sha[:80]!r} is not 64 hex digits: rebuild")
+    source, linking = entry.get("source"), entry.get("linking")
+    if isinstance(source, dict):  # {given, kind, container, member, ...}
+        member = source.get("member")
+        source = f"{source.get('given', '?')}" + (f" ({member})" if member else "")
+    if isinstance(linking, dict):  # {type, interpreter, needed}
+        needed = linking.get("needed") or []
+        linking = f"{linking.get('type', '?')}" + (f": {', '.join(map(str, needed))}" if needed else "")
     return AgentRecord(
         version=_field(entry, "version", where),
         sha256=sha,
-        source=str(entry.get("source", "")),
-        linking=str(entry.get("linking", "")),
+        source=str(source or ""),
+        linking=str(linking or ""),
     )
 
 
