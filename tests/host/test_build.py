@@ -36,11 +36,11 @@ def test_each_image_and_profile_has_its_own_mkosi_cache(
     assert len(caches) == 5
     gpu = build.mkosi_command(root, build.target("kata", "gpu"), tmp_path, {"A": "b"})
     assert _opt(gpu, "--profile") == "gpu"
-    assert _opt(gpu, "--build-directory") == str(tmp_path / "mkosi" / "build-gpu")
+    assert _opt(gpu, "--build-directory") == str(tmp_path / "mkosi" / "build-kata")
     assert _opt(gpu, "--environment") == "A=b"
     both = build.mkosi_command(root, build.target("kata", "gpu", "erofs"), tmp_path, {})
     assert _opt(both, "--profile") == "gpu,erofs"
-    assert _opt(both, "--build-directory") == str(tmp_path / "mkosi" / "build-gpu-erofs")
+    assert _opt(both, "--build-directory") == str(tmp_path / "mkosi" / "build-kata")
     svm = build.mkosi_command(root, build.target("servicevm"), tmp_path, {}, tmp_path / "debs")
     assert _opt(svm, "--volatile-package-directory") == str(tmp_path / "debs")
     assert _opt(svm, "-C") == str(root / "service-vm")

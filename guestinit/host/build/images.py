@@ -193,7 +193,9 @@ def mkosi_command(
     cache = cache_dir()
     spec = build.spec
     image_cache = fresh / "cache" if fresh else cache / "mkosi" / mkosi_cache_name(build)
-    build_cache = fresh / "build" if fresh else cache / "mkosi" / f"build-{build.variant}"
+    # one compile cache for every profile of an image: NVIDIA's modules and the erofs form's
+    # kernel are keyed inside it by their own inputs, so gpu-erofs reuses erofs's kernel
+    build_cache = fresh / "build" if fresh else cache / "mkosi" / f"build-{spec.name}"
     argv = [
         "/usr/bin/python3",
         "-m",

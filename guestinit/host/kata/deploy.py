@@ -52,6 +52,18 @@ from guestinit.host.kata.versions import build_version, create_version, verify_v
 
 DEFAULT_PREFIX = Path("/opt/kata")
 DEFAULT_MANIFEST = Path("build/kata/manifest.json")
+
+
+def default_manifest() -> Path:
+    """The manifest of the Kata form `guestctl build` made last (build/kata or build/kata-erofs)."""
+    from guestinit.host.build.images import last_build, repo_root
+
+    try:
+        return last_build(repo_root()) / "manifest.json"
+    except UserError:  # not run from a checkout (the deploy image): its own path is given
+        return DEFAULT_MANIFEST
+
+
 DEFAULT_FLAVOUR = "nvidia-gpu"
 DEFAULT_KEEP = 3
 
@@ -70,7 +82,7 @@ def flavour_name(text: str) -> str:
 
 def run_deploy(args: argparse.Namespace) -> list[str]:
     layout = Layout(args.prefix.absolute(), args.flavour)
-    manifest = load_manifest(args.manifest)
+    manifest = load_manifest(args.manifest or default_manifest())
     for artifact in (manifest.kernel, manifest.rootfs):
         verify_artifact(artifact)
     agent_lines = agent.check(manifest, layout.prefix, allow_no_agent=args.allow_no_agent, force=args.force)
@@ -218,7 +230,10 @@ def deploy_parser() -> argparse.ArgumentParser:
         description="Install a built guest into a Kata prefix atomically, keeping the previous version.",
     )
     parser.add_argument(
-        "--manifest", type=Path, default=DEFAULT_MANIFEST, help="build manifest (build/kata/manifest.json)"
+        "--manifest",
+        type=Path,
+        default=None,
+        help="build manifest (default: the Kata form built last, build/kata/ or build/kata-erofs/)",
     )
     _common(parser)
     parser.add_argument(
