@@ -31,6 +31,8 @@ def excerpt(value: object, limit: int = 40) -> str:
     if isinstance(value, int):
         if INT64_MIN <= value <= INT64_MAX:
             return repr(value)
+        if value.bit_length() < 14000:  # str() takes up to 4,300 digits
+            return f"a number of {len(str(abs(value)))} digits"
         return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
     if isinstance(value, list | tuple):
         if len(value) <= 4 and all(

@@ -118,7 +118,9 @@ def load_services(
 ) -> Services:
     """Read every service file, put ``generated`` services (the GPU phase's) first (a file of
     the same name replaces one), resolve ``after`` and find the cycles. Each service on a cycle
-    is unusable (it could never start): its ``error`` names the cycle."""
+    is unusable (it could never start): its ``error`` names the cycle, and its own ``after`` is
+    dropped so that it fails at once instead of waiting on the others for ever (its dependents
+    then go on, as after any failed service)."""
     specs = load_all(root, cache, directory)
     named = {spec.name for spec in specs}
     specs = [spec for spec in generated or [] if spec.name not in named] + specs
@@ -128,6 +130,7 @@ def load_services(
         members = ", ".join(group[:8]) + (", ..." if len(group) > 8 else "")
         for name in group:
             spec = by_name[name]
+            spec.after = ()
             if not spec.error:
                 spec.error = Problem(
                     f"{spec.path}: after: a cycle of {len(group)} service(s) ({members}) can never "
