@@ -71,9 +71,10 @@ PARAMS: tuple[Param, ...] = (
         "address",
         notify_address,
         "",
-        "Where to send the readiness message: vsock[-stream|-seqpacket|-dgram]:CID:PORT, "
-        "serial:NAME, unix:PATH, console or off. Empty: systemd's vmm.notify_socket credential, "
-        "else the virtio-serial port named guestinit.notify, else the console.",
+        "Where to send the readiness message: vsock[-stream|-seqpacket|-dgram]:CID:PORT (CID and "
+        "PORT 0..4294967294), serial:NAME, unix:PATH, console or off. Empty (or not valid): "
+        "systemd's vmm.notify_socket credential, else the virtio-serial port named guestinit.notify, "
+        "else the console.",
     ),
     Param(
         "log",

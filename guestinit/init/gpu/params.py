@@ -290,7 +290,9 @@ PARAMS: tuple[Param, ...] = (
           "Resizable BAR: max grows each GPU BAR that offers resourceN_resize to its largest size "
           "before the driver loads (needs room in the bridge window; see guestctl plan)."),
     Param("hugepages", "SIZE:COUNT[@NODE],...", parse_requests, (),
-          "Hugepages to reserve at boot, e.g. 2M:512,1G:4 or per NUMA node 1G:2@0,1G:2@1."),
+          "Hugepages to reserve at boot, e.g. 2M:512,1G:4 or per NUMA node 1G:2@0,1G:2@1. SIZE is a "
+          "hugepage size of x86-64 (2M or 1G) that the kernel offers (/sys/kernel/mm/hugepages); "
+          "COUNT 0..4294967295, NODE 0..1023."),
     Param("thp", "|".join(THP_MODES), choice(*THP_MODES), "keep",
           "Transparent hugepages mode written to /sys/kernel/mm/transparent_hugepage/enabled."),
     *(Param(f"nvidia.{p.key}", p.kind, p.parse, p.default if p.default is not None else "", p.help)
