@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from guestinit.host.boot import BootOptions, BootResult, boot, format_timeline, timeline
-from guestinit.host.listen import Listener, Message
+from guestinit.host.listen.listener import Listener
+from guestinit.host.listen.messages import Message
 
 pytestmark = pytest.mark.boot
 
@@ -68,8 +69,10 @@ def newc(entries: list[tuple[str, int, bytes]]) -> bytes:
 
 
 def relay_initrd(path: Path) -> Path:
-    """/test-init, the guest program and a copy of the host listener (test-only content)."""
+    """/test-init, the guest program and a copy of the host listener package with the one host
+    module it imports (test-only content)."""
     dist = "usr/lib/python3/dist-packages/guestinit/host"
+    package = REPO / "guestinit/host/listen"
     entries = [
         ("test-init", 0o100755, TEST_INIT),
         ("test", 0o040755, b""),
@@ -77,10 +80,22 @@ def relay_initrd(path: Path) -> Path:
         (dist, 0o040755, b""),
         (f"{dist}/__init__.py", 0o100644, b""),
         (f"{dist}/errors.py", 0o100644, (REPO / "guestinit/host/errors.py").read_bytes()),
-        (f"{dist}/listen.py", 0o100644, (REPO / "guestinit/host/listen.py").read_bytes()),
+        (f"{dist}/listen", 0o040755, b""),
+    ]
+    entries += [
+        (f"{dist}/listen/{module.name}", 0o100644, module.read_bytes())
+        for module in sorted(package.glob("*.py"))
     ]
     path.write_bytes(newc(entries))
     return path
+
+
+def test_relay_initrd_carries_the_whole_listener_package(tmp_path: Path) -> None:
+    """Every module of guestinit/host/listen is in the extra initrd (what the package may
+    import is checked by tests/host/test_listen_package.py)."""
+    data = relay_initrd(tmp_path / "relay.cpio").read_bytes()
+    for module in (REPO / "guestinit/host/listen").glob("*.py"):
+        assert f"guestinit/host/listen/{module.name}\0".encode() in data, module.name
 
 
 def wait_message(listener: Listener, want: Callable[[Message], bool], until: float) -> Message:

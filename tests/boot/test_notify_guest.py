@@ -47,7 +47,7 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def measure_vsock(listener: object) -> dict[str, object]:
-    from guestinit.host.listen import Listener
+    from guestinit.host.listen.listener import Listener
     from guestinit.init.report import Sender
     from guestinit.notify.address import Target
 
@@ -116,7 +116,7 @@ def main() -> None:
     host = Sender(Target("serial", path="guestinit.notify"))
     try:
         from guestinit.host.errors import UserError
-        from guestinit.host.listen import Listener
+        from guestinit.host.listen.listener import Listener
 
         deadline = time.monotonic() + 120
         listener = None

@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guestinit.host.errors import UserError
-from guestinit.host.listen import Endpoint, Limits, Listener, parse_endpoint
+from guestinit.host.listen.endpoint import Endpoint, parse_endpoint
+from guestinit.host.listen.limits import Limits
+from guestinit.host.listen.listener import Listener
 from guestinit.notify.message import encode, encode_console_line
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host.listen_cli import printable, verdict
+from guestinit.host.listen.cli import printable, verdict
 from guestinit.init.report import Sender
 from guestinit.notify.address import Target
 

@@ -146,7 +146,7 @@ def test_serial_half_written_message_is_finished_not_repeated(tmp_path: Path) ->
 
 def test_shutdown_and_failure_reports_reach_the_host_listener(tmp_path: Path) -> None:
     """What PID 1 sends on power-off and on failure, through the real listener."""
-    from guestinit.host.listen import Listener
+    from guestinit.host.listen.listener import Listener
 
     path = tmp_path / "n.sock"
     with Listener([f"unix-dgram:{path}"]) as listener:
@@ -163,7 +163,7 @@ def test_shutdown_and_failure_reports_reach_the_host_listener(tmp_path: Path) ->
 
 
 def test_unix_stream_target_and_abstract_address(tmp_path: Path) -> None:
-    from guestinit.host.listen import Listener
+    from guestinit.host.listen.listener import Listener
 
     with Listener([f"unix:{tmp_path / 's.sock'}", f"unix-dgram:@gi-report-{os.getpid()}"]) as listener:
         assert Sender(Target("unix", path=str(tmp_path / "s.sock"))).send({"READY": "1"})
