@@ -162,6 +162,15 @@ def encode_console_line(fields: dict[str, str]) -> bytes:
     return line
 
 
+def _utf8(text: str) -> bool:
+    """False for a str UTF-8 cannot carry: JSON's \\uD800-\\uDFFF escapes make lone surrogates."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_console_line(line: bytes) -> Parsed | None:
     """The message in one console line, or None when the line carries no mark. Kernel output
     may precede the mark on the same line; what follows it must be one JSON object of strings.
@@ -193,6 +202,8 @@ def parse_console_line(line: bytes) -> Parsed | None:
             out.dropped.append(f"console key {number}: invalid key {key[:MAX_KEY_BYTES]!r}")
         elif "\n" in value or "\0" in value:
             out.dropped.append(f"console key {number}: newline or NUL in value of {key}")
+        elif not _utf8(value):
+            out.dropped.append(f"console key {number}: value of {key} is not UTF-8 (a lone surrogate)")
         else:
             out.fields[key] = value
     return out

@@ -114,6 +114,7 @@ def test_console_line_round_trip_survives_kernel_prefix_and_crlf() -> None:
         (b'GUESTINIT-NOTIFY {"ready":"1"}', "invalid key"),
         (b'GUESTINIT-NOTIFY {"STATUS":"a\\nb"}', "newline or NUL"),
         (b"GUESTINIT-NOTIFY \xff\xfe", "not a JSON object"),
+        (b'GUESTINIT-NOTIFY {"STATUS":"\\ud800"}', "not UTF-8 (a lone surrogate)"),  # found by fuzzing
     ],
 )
 def test_console_line_garbage_is_reported(line: bytes, reason: str) -> None:
