@@ -7,8 +7,11 @@ Guest-side targets (where the guest sends):
   console              one marked line on /dev/console (the last resort)
   unix:PATH / PATH     an AF_UNIX socket (datagram, as sd_notify(3) sends; stream accepted)
   off                  send nothing
-systemd reads ``vsock:`` as "stream, falling back to seqpacket" and an address starting with
-``/`` or ``@`` as an AF_UNIX socket; we read them the same way.
+systemd's sd_notify sends to ``vsock:`` as a datagram, falling back to seqpacket where the
+kernel has no vsock datagram transport (virtio-vsock has none) and to stream where it has no
+seqpacket either; guestinit.init.report does the same and also falls back to stream when a
+seqpacket connection is refused. An address starting with ``/`` or ``@`` is an AF_UNIX socket,
+for systemd and for us.
 """
 
 from __future__ import annotations
