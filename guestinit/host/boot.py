@@ -1,14 +1,9 @@
-"""``guestctl boot``: start an image in QEMU, wait for READY, power it off, print the timeline.
-
-One timeline joins three clocks: host time since QEMU started, the guest's CLOCK_BOOTTIME
-stamps (phases), and host receive times of notify messages. The guest's boottime zero is
-placed on the host axis from the READY message (host receive time minus guest ready time).
-"""
+"""``guestctl boot``: start an image in QEMU, wait for READY, power it off; the result and its
+timeline are result.py's, what to boot is media.py's."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -21,50 +16,11 @@ from guestinit.host import qemu
 from guestinit.host.errors import UserError
 from guestinit.host.listen.listener import Listener
 from guestinit.host.listen.messages import Message
+from guestinit.host.media import DEFAULT_IMAGE, KATA_IMAGE_APPEND, combine_initrd, image_form, resolve_kernel
+from guestinit.host.result import BootResult, as_float
+from guestinit.notify.message import exit_status
 
-DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio")
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"
-# What Kata's runtime adds to the command line for a rootfs image (rootfs_type = "erofs", the
-# image on virtio-blk as disable_image_nvdimm = true attaches it): root on the disk's first
-# partition, read-only, and systemd's target and masks, which guestinit takes in its stride.
-KATA_IMAGE_APPEND = (
-    "root=/dev/vda1 rootflags=ro rootfstype=erofs systemd.unit=kata-containers.target "
-    "systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket"
-)
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-CPIO_MAGIC = b"070701"
-GZIP_MAGIC = b"\x1f\x8b"
-
-
-def image_form(image: Path) -> str:
-    """ "initrd" (a cpio, plain or compressed) or "image" (a disk with a partition table)."""
-    with open(image, "rb") as f:
-        head = f.read(512)
-    if head.startswith((CPIO_MAGIC, ZSTD_MAGIC, GZIP_MAGIC)):
-        return "initrd"
-    if len(head) == 512 and head[510:] == b"\x55\xaa":
-        return "image"
-    raise UserError(
-        f"{image} is neither an initrd (newc cpio, zstd or gzip) nor a disk image",
-        hint="give what `guestctl build` wrote (build/kata/)",
-    )
-
-
-def default_image(root: Path | None = None) -> Path:
-    """The rootfs of the Kata image form built last (`guestctl build kata [--format erofs]`)."""
-    from guestinit.host.build.images import last_build, repo_root
-
-    try:
-        base = root or repo_root()
-    except UserError:
-        return DEFAULT_IMAGE
-    folder = last_build(base)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        artifacts = json.loads((folder / "manifest.json").read_text())["artifacts"]
-        for artifact in artifacts:
-            if artifact["kind"] in ("initrd", "image"):
-                return folder / str(artifact["name"])
-    return folder / DEFAULT_IMAGE.name
 
 
 @dataclass
@@ -85,137 +41,6 @@ class BootOptions:
     # Boots again when the kernel itself died before init could report (seen under TCG about
     # once in 150 boots: an int3 oops while the kernel patches its own code on 2 vCPUs).
     kernel_panic_retries: int = 1
-
-
-@dataclass
-class BootResult:
-    ready: bool = False
-    accel: str = ""
-    accel_why: str = ""
-    transport: str = ""
-    wall_s: float = 0.0
-    ready_host_s: float | None = None
-    uptime_at_ready_s: float | None = None
-    exit_status: int | None = None
-    status: str = ""
-    phases: list[dict[str, object]] = field(default_factory=list)
-    notify: dict[str, str] = field(default_factory=dict)
-    messages: list[dict[str, object]] = field(default_factory=list)
-    console_log: str = ""
-    qemu_exit: int | None = None
-    shutdown_s: float | None = None
-    failed_exit_s: float | None = None  # EXIT_STATUS received -> QEMU exit (guest powered itself off)
-    error: str = ""
-    argv: list[str] = field(default_factory=list)
-    started_wall: float = 0.0  # time.time() when QEMU was started: host_s 0 of the timeline
-    retried: list[str] = field(default_factory=list)  # why earlier attempts were discarded
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "ready": self.ready,
-            "accel": self.accel,
-            "accel_why": self.accel_why,
-            "transport": self.transport,
-            "wall_s": round(self.wall_s, 3),
-            "ready_host_s": _r(self.ready_host_s),
-            "uptime_at_ready_s": _r(self.uptime_at_ready_s),
-            "exec_s": _r(_float(self.notify.get("X_GUESTINIT_EXEC_S"))),
-            "exit_status": self.exit_status,
-            "status": self.status,
-            "phases": self.phases,
-            "notify": self.notify,
-            "messages": self.messages,
-            "vm_start": _iso(self.started_wall) if self.started_wall else None,
-            "timeline": timeline(self),
-            "console_log": self.console_log,
-            "qemu_exit": self.qemu_exit,
-            "shutdown_s": _r(self.shutdown_s),
-            "failed_exit_s": _r(self.failed_exit_s),
-            "error": self.error,
-            "retried": self.retried,
-        }
-
-
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-def _iso(wall: float) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(wall, datetime.UTC).isoformat(timespec="milliseconds")
-
-
-def _float(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def resolve_kernel(image: Path, kernel: Path | None) -> Path:
-    if kernel is not None:
-        if not kernel.is_file():
-            raise UserError(f"kernel {kernel} not found", hint="pass an existing --kernel file")
-        return kernel
-    name = image.name
-    for suffix in (".cpio.zst", ".cpio.gz", ".cpio", ".initrd", ".img"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    candidate = image.with_name(name + ".vmlinuz")
-    if not candidate.is_file():
-        raise UserError(f"no kernel beside {image} (looked for {candidate.name})", hint="pass --kernel")
-    return candidate
-
-
-def combine_initrd(image: Path, extras: list[Path], out: Path) -> Path:
-    """Append extra cpio archives to the image, each in the image's own form: the kernel
-    cannot find a plain cpio after a zstd image (its zstd reader takes the rest as more
-    frames), so plain extras are compressed after a zstd image; after a plain image, zstd
-    extras are decompressed, so the initrd stays one copy the kernel reads without a decoder."""
-    if not extras:
-        return image
-    with open(image, "rb") as f:
-        image_zstd = f.read(4) == ZSTD_MAGIC
-    with open(out, "wb") as dst:
-        with open(image, "rb") as src:
-            shutil.copyfileobj(src, dst)
-        for extra in extras:
-            if not extra.is_file():
-                raise UserError(f"extra initrd {extra} not found", hint="pass an existing cpio archive")
-            with open(extra, "rb") as f:
-                magic = f.read(6)
-            extra_zstd = magic[:4] == ZSTD_MAGIC
-            if not extra_zstd and not magic.startswith(CPIO_MAGIC):
-                raise UserError(
-                    f"extra initrd {extra} is neither a newc cpio nor zstd-compressed",
-                    hint="create it with `cpio -o -H newc` (optionally zstd-compressed)",
-                )
-            if extra_zstd == image_zstd:
-                with open(extra, "rb") as src:
-                    shutil.copyfileobj(src, dst)
-            else:
-                dst.write(_zstd(extra, decompress=extra_zstd))
-    return out
-
-
-def _zstd(path: Path, decompress: bool) -> bytes:
-    argv = ["zstd", "-q", "-c", *(["-d"] if decompress else []), os.fspath(path)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, check=False)
-    except FileNotFoundError:
-        raise UserError("zstd not found", hint="apt-get install zstd (or run make setup)") from None
-    if proc.returncode != 0:
-        what = "decompress" if decompress else "compress"
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        raise UserError(
-            f"zstd could not {what} extra initrd {path}: {detail[0]}",
-            hint="pass a newc cpio or a whole zstd-compressed one",
-        )
-    return proc.stdout
 
 
 def choose_accel(requested: str, kernel: Path) -> tuple[str, str]:
@@ -375,7 +200,7 @@ def _absorb(msg: Message, result: BootResult, t0: float) -> None:
     if msg.fields.get("READY") == "1" and not result.ready:
         result.ready = True
         result.ready_host_s = msg.received - t0
-        result.uptime_at_ready_s = _float(msg.fields.get("X_GUESTINIT_READY_S"))
+        result.uptime_at_ready_s = as_float(msg.fields.get("X_GUESTINIT_READY_S"))
         phases = msg.fields.get("X_GUESTINIT_PHASES")
         if phases:
             import json
@@ -386,9 +211,10 @@ def _absorb(msg: Message, result: BootResult, t0: float) -> None:
                     result.phases = [p for p in loaded if isinstance(p, dict)]
     if "EXIT_STATUS" in msg.fields:
         try:
-            result.exit_status = int(msg.fields["EXIT_STATUS"])
-        except ValueError:
-            result.exit_status = 255
+            result.exit_status = exit_status(msg.fields["EXIT_STATUS"])
+        except ValueError as exc:  # not 0..255 in plain decimal: a failure, reported as received
+            result.exit_status = 1
+            result.error = str(exc)
 
 
 def _wait(
@@ -453,100 +279,3 @@ def _await_poweroff(
             while (msg := listener.get(timeout=0.1)) is not None:
                 _absorb(msg, result, t0)
             return
-
-
-# Keys of a message that name what it is, in the order the timeline shows them.
-_EVENT_KEYS = ("READY", "EXIT_STATUS", "X_SYSTEMD_SHUTDOWN", "STATUS")
-
-
-def _row(
-    event: str, host_s: float | None, guest_s: float | None = None, **extra: object
-) -> dict[str, object]:
-    return {
-        "event": event,
-        "host_s": None if host_s is None else round(host_s, 4),
-        "guest_s": None if guest_s is None else round(guest_s, 4),
-        "duration_s": extra.get("duration_s"),
-        "detail": extra.get("detail"),
-    }
-
-
-def timeline(result: BootResult) -> list[dict[str, object]]:
-    """One timeline on the host axis (``host_s``: seconds since QEMU started), sorted by it:
-    VM start, the guest's CLOCK_BOOTTIME stamps (kernel start, init exec, interpreter start,
-    each phase, READY sent) placed on that axis, and each message's host receive time.
-
-    The guest's clock zero is placed from the first READY: host receive time minus the guest's
-    ``X_GUESTINIT_READY_S``; guest stamps are therefore late by the READY transport latency
-    (about a millisecond, see docs/notify.md), and the rows derived that way say "est.".
-    Without guest stamps (a systemd guest) only host rows appear."""
-    rows: list[dict[str, object]] = [
-        _row("vm start", 0.0, detail=_iso(result.started_wall) if result.started_wall else None)
-    ]
-    offset = None
-    if result.ready_host_s is not None and result.uptime_at_ready_s is not None:
-        offset = result.ready_host_s - result.uptime_at_ready_s  # host time of guest boottime 0
-
-    def guest(event: str, guest_s: float | None, **extra: object) -> None:
-        if offset is not None and guest_s is not None:
-            rows.append(_row(event, offset + guest_s, guest_s, **extra))
-
-    guest("kernel start (est.)", 0.0)
-    guest("init exec", _float(result.notify.get("X_GUESTINIT_EXEC_S")))
-    guest("guestinit start", _float(result.notify.get("X_GUESTINIT_START_S")), detail="interpreter up")
-    for phase in result.phases:
-        start = _float(str(phase.get("start_s")))
-        end = _float(str(phase.get("end_s")))
-        if start is None or end is None:
-            continue
-        error = phase.get("error")
-        guest(
-            f"phase {phase.get('name')}",
-            start,
-            duration_s=round(end - start, 4),
-            detail=f"error: {error}" if error else None,
-        )
-    guest("READY sent", result.uptime_at_ready_s)
-    for msg in result.messages:
-        fields = msg["fields"]
-        assert isinstance(fields, dict)
-        keys = ",".join(k for k in _EVENT_KEYS if k in fields) or ",".join(list(fields)[:3])
-        host_s = _float(str(msg["received_s"]))
-        rows.append(_row(f"received {keys}", host_s, detail=str(msg.get("source") or "") or None))
-    rows.sort(key=lambda row: float(str(row["host_s"])) if row["host_s"] is not None else 0.0)
-    return rows
-
-
-def format_timeline(result: BootResult) -> str:
-    """The timeline as the human table ``guestctl boot`` prints."""
-    lines = [f"{'event':<36} {'host s':>9} {'guest s':>9} {'duration':>10}  detail"]
-    for row in timeline(result):
-        host = "" if row["host_s"] is None else f"{float(str(row['host_s'])):.3f}"
-        guest = "" if row["guest_s"] is None else f"{float(str(row['guest_s'])):.3f}"
-        duration = "" if row["duration_s"] is None else f"{float(str(row['duration_s'])) * 1000:.1f} ms"
-        detail = "" if row["detail"] is None else _printable(str(row["detail"]))[:60]
-        lines.append(f"{str(row['event'])[:36]:<36} {host:>9} {guest:>9} {duration:>10}  {detail}".rstrip())
-    return "\n".join(lines)
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
-def summary(result: BootResult) -> str:
-    parts = [f"accel {result.accel} ({result.accel_why})", f"transport {result.transport}"]
-    if result.ready:
-        parts.append(
-            f"READY at guest uptime {result.uptime_at_ready_s:.3f} s, host {result.ready_host_s:.3f} s"
-        )
-        exec_s = _float(result.notify.get("X_GUESTINIT_EXEC_S"))
-        if exec_s is not None and result.uptime_at_ready_s is not None:
-            parts.append(f"init exec to READY {result.uptime_at_ready_s - exec_s:.3f} s")
-    if result.shutdown_s is not None:
-        parts.append(f"powerdown to QEMU exit {result.shutdown_s:.3f} s")
-    if result.failed_exit_s is not None:
-        parts.append(f"failure report to QEMU exit {result.failed_exit_s:.3f} s")
-    if result.retried:
-        parts.append(f"booted again after: {'; '.join(result.retried)}")
-    parts.append(f"wall {result.wall_s:.3f} s")
-    return "; ".join(parts)

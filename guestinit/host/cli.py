@@ -12,7 +12,9 @@ from guestinit.host.errors import UserError
 
 
 def _boot(args: argparse.Namespace) -> int:
-    from guestinit.host.boot import BootOptions, boot, default_image, format_timeline, summary
+    from guestinit.host.boot import BootOptions, boot
+    from guestinit.host.media import default_image
+    from guestinit.host.result import format_timeline, summary
 
     opts = BootOptions(
         image=Path(args.image) if args.image else default_image(),

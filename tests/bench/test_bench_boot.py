@@ -13,7 +13,8 @@ import pytest
 from guestinit.host.bench import baselines
 from guestinit.host.bench import run as bench
 from guestinit.host.bench.stats import METRIC_KEYS
-from guestinit.host.boot import BootOptions, boot, resolve_kernel
+from guestinit.host.boot import BootOptions, boot
+from guestinit.host.media import resolve_kernel
 
 pytestmark = pytest.mark.boot
 

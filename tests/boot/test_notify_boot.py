@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host.boot import BootOptions, BootResult, boot, format_timeline, timeline
+from guestinit.host.boot import BootOptions, boot
 from guestinit.host.listen.listener import Listener
 from guestinit.host.listen.messages import Message
+from guestinit.host.result import BootResult, format_timeline, timeline
 
 pytestmark = pytest.mark.boot
 

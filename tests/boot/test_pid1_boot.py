@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host.boot import BootOptions, BootResult, boot
+from guestinit.host.boot import BootOptions, boot
+from guestinit.host.result import BootResult
 
 pytestmark = pytest.mark.boot
 
@@ -331,8 +332,9 @@ def test_ctrl_alt_del_is_the_same_clean_shutdown(kata_image: Path, tmp_path: Pat
     import time
 
     from guestinit.host import qemu
-    from guestinit.host.boot import DEFAULT_APPEND, combine_initrd, resolve_kernel
+    from guestinit.host.boot import DEFAULT_APPEND
     from guestinit.host.listen.listener import Listener
+    from guestinit.host.media import combine_initrd, resolve_kernel
 
     initrd = combine_initrd(kata_image, [cpio(tmp_path, ORDERED)], tmp_path / "initrd.img")
     cfg = qemu.QemuConfig(

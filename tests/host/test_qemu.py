@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from guestinit.host import qemu
-from guestinit.host.boot import combine_initrd, resolve_kernel
 from guestinit.host.errors import UserError
+from guestinit.host.media import combine_initrd, resolve_kernel
 
 
 def _cfg(**kw: object) -> qemu.QemuConfig:
@@ -159,7 +159,8 @@ def test_combine_initrd_rejects_garbage(tmp_path: Path) -> None:
 
 
 def test_only_a_kernel_death_before_init_is_retried(tmp_path: Path) -> None:
-    from guestinit.host.boot import BootResult, kernel_died_early
+    from guestinit.host.boot import kernel_died_early
+    from guestinit.host.result import BootResult
 
     console = tmp_path / "console.log"
     console.write_text(
@@ -197,15 +198,39 @@ def test_a_root_disk_is_attached_read_only_on_virtio_blk_without_an_initrd(tmp_p
 
 
 def test_image_form_is_told_by_content(tmp_path: Path) -> None:
-    from guestinit.host import boot
+    from guestinit.host import media
     from guestinit.host.build import erofs
 
     cpio = tmp_path / "kata-containers-initrd.img"  # Kata names its initrds .img too
     cpio.write_bytes(b"070701" + bytes(600))
     disk = tmp_path / "kata-containers.img"
     disk.write_bytes(erofs.mbr(1, 2048, 8) + bytes(4096))
-    assert boot.image_form(cpio) == "initrd" and boot.image_form(disk) == "image"
+    assert media.image_form(cpio) == "initrd" and media.image_form(disk) == "image"
     junk = tmp_path / "junk"
     junk.write_bytes(b"hello")
     with pytest.raises(UserError, match="neither an initrd"):
-        boot.image_form(junk)
+        media.image_form(junk)
+
+
+@pytest.mark.parametrize(("text", "want"), [("0", 0), ("3", 3), ("255", 255)])
+def test_boot_reads_exit_status_as_plain_decimal(text: str, want: int) -> None:
+    from guestinit.host.boot import _absorb
+    from guestinit.host.listen.messages import Message
+    from guestinit.host.result import BootResult
+
+    result = BootResult()
+    _absorb(Message({"EXIT_STATUS": text}, 1.0, "serial:x"), result, 0.0)
+    assert result.exit_status == want and result.error == ""
+
+
+@pytest.mark.parametrize("text", ["1_0", "٣", " 7 ", "-1", "256", ""])
+def test_boot_reports_an_exit_status_it_cannot_read_as_received(text: str) -> None:
+    from guestinit.host.boot import _absorb
+    from guestinit.host.listen.messages import Message
+    from guestinit.host.result import BootResult
+
+    result = BootResult()
+    _absorb(Message({"EXIT_STATUS": text}, 1.0, "serial:x"), result, 0.0)
+    assert result.exit_status == 1  # a failure all the same: the guest did not say 0
+    assert "is not a decimal number 0..255" in result.error
+    assert text.encode("ascii", "backslashreplace").decode() in result.error  # what it received, escaped

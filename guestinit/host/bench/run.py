@@ -106,8 +106,8 @@ def resolve_images(specs: list[tuple[str, Path | None]]) -> list[BenchImage]:
 
 def _guestinit_image() -> Path:
     """The default Kata image, built (or restored from the cache) when its inputs changed."""
-    from guestinit.host.boot import DEFAULT_IMAGE
     from guestinit.host.build.builder import build
+    from guestinit.host.media import DEFAULT_IMAGE
 
     print("guestctl bench: checking the guestinit image (guestctl build kata --if-needed)", file=sys.stderr)
     manifest = build("kata", if_needed=True)
@@ -115,7 +115,7 @@ def _guestinit_image() -> Path:
 
 
 def _kernel(args: argparse.Namespace, images: list[BenchImage]) -> Path:
-    from guestinit.host.boot import resolve_kernel
+    from guestinit.host.media import resolve_kernel
 
     if args.kernel:
         return resolve_kernel(Path(args.kernel), Path(args.kernel))
@@ -131,7 +131,7 @@ def _kernel_version(kernel: Path) -> str:
 
 
 def _record(result: object) -> dict[str, object]:
-    from guestinit.host.boot import BootResult
+    from guestinit.host.result import BootResult
 
     assert isinstance(result, BootResult)
     d = result.as_dict()
