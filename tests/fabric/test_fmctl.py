@@ -58,8 +58,13 @@ def test_commands_and_exit_codes(controller: ControllerProcess, fm: FakeFabricMa
         "fmctl: partition 3 overlaps active partition 1 (GPUs 1,3); "
         "deactivate partition 1 first (FM_ST_IN_USE)\n"
     )
+    code, _, err = run(a, "info", "42")
+    assert code == 4 and "partition 42 does not exist" in err
     code, _, err = run(a, "info", "77")
-    assert code == 4 and "partition 77 does not exist" in err
+    assert (
+        code == fmctl.EXIT_CODES["INVALID_ARGUMENT"] == 6
+        and "partition id 77 out of range: partition ids are 0-63" in err
+    )
     code, out, _ = run(a, "info", "1")
     assert code == 0 and out.startswith(
         "PARTITION ID  1\nSTATUS        Active\nGPUs          4\nNVLINKS       72\n"
