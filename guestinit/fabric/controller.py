@@ -100,7 +100,7 @@ EPILOG = (
 )
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fm-controller", description=DESCRIPTION, epilog=EPILOG)
     for o in OPTIONS:
         shown = o.default is not None and not o.repeat
@@ -116,7 +116,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             kwargs["default"] = o.default
         parser.add_argument(o.flag, **kwargs)
     parser.add_argument("--version", action="version", version=f"fm-controller {__version__}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 class UsageError(ValueError):
