@@ -10,8 +10,9 @@ from typing import Any, NoReturn, TypeVar
 
 from guestinit import __version__
 from guestinit.fabric import api, nvfm, statuses
+from guestinit.fabric.events import Event
 from guestinit.fabric.latency import Latencies, Summary
-from guestinit.fabric.manager import Change, Event, Manager, Refused
+from guestinit.fabric.manager import Change, Manager, Refused
 from guestinit.fabric.validate import InvalidRequest, validate
 
 T = TypeVar("T")
