@@ -14,205 +14,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import queue
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from guestinit import __version__
 from guestinit.atomicfile import write_atomic
 from guestinit.fabric import api, bridge, endpoints, nvfm
-from guestinit.fabric.manager import Change, Event, Manager, Refused
+from guestinit.fabric.latency import Latencies
+from guestinit.fabric.manager import Manager
+from guestinit.fabric.servicer import MAX_WATCHERS, Servicer
 from guestinit.fabric.state import StateError, StateFile
 
-T = TypeVar("T")
-
-MAX_WATCHERS = 32
 WORKERS = 64
-
-# fabricmanager's return codes -> the gRPC status a client sees (the SDK's name is in the message).
-FM_STATUS: dict[type[nvfm.FMError], str] = {
-    nvfm.BadParam: "INVALID_ARGUMENT",
-    nvfm.GenericError: "INTERNAL",
-    nvfm.NotSupported: "FAILED_PRECONDITION",
-    nvfm.Uninitialized: "FAILED_PRECONDITION",
-    nvfm.Timeout: "DEADLINE_EXCEEDED",
-    nvfm.VersionMismatch: "FAILED_PRECONDITION",
-    nvfm.InUse: "FAILED_PRECONDITION",
-    nvfm.NotConfigured: "UNAVAILABLE",
-    nvfm.ConnectionNotValid: "UNAVAILABLE",
-    nvfm.NvlinkError: "ABORTED",
-    nvfm.ResourceBad: "NOT_FOUND",
-    nvfm.ResourceInUse: "FAILED_PRECONDITION",
-    nvfm.ResourceNotInUse: "FAILED_PRECONDITION",
-    nvfm.ResourceExhausted: "RESOURCE_EXHAUSTED",
-    nvfm.ResourceNotReady: "UNAVAILABLE",
-    nvfm.PartitionExists: "ALREADY_EXISTS",
-    nvfm.PartitionIdInUse: "ALREADY_EXISTS",
-    nvfm.PartitionIdNotInUse: "NOT_FOUND",
-    nvfm.PartitionNameInUse: "ALREADY_EXISTS",
-    nvfm.PartitionNameNotInUse: "NOT_FOUND",
-    nvfm.PartitionIdNameMismatch: "INVALID_ARGUMENT",
-    nvfm.NotReady: "UNAVAILABLE",
-    nvfm.ResourceUsedInThisPartition: "ALREADY_EXISTS",
-    nvfm.ResourceUsedInAnotherPartition: "FAILED_PRECONDITION",
-    nvfm.PartitionMiswiredTrunks: "INTERNAL",
-    nvfm.PartitionInsufficientTrunks: "INTERNAL",
-    nvfm.PartitionMissingSwitches: "INTERNAL",
-    nvfm.PartitionNetworkConfigError: "INTERNAL",
-    nvfm.PartitionRouteProgrammingError: "INTERNAL",
-}
-
-
-def status_for(exc: nvfm.FMError) -> str:
-    return FM_STATUS.get(type(exc), "UNKNOWN")
 
 
 def log(text: str) -> None:
     print(f"fm-controller: {text}", file=sys.stderr, flush=True)
-
-
-# --- protobuf conversions ------------------------------------------------------------------------
-
-
-def partition_pb(pb: Any, p: nvfm.Partition) -> Any:
-    gpus = [
-        pb.Gpu(
-            physical_id=g.physical_id,
-            uuid=g.uuid,
-            pci_bus_id=g.pci_bus_id,
-            nvlinks_available=g.nvlinks_available,
-            max_nvlinks=g.max_nvlinks,
-            nvlink_line_rate_mbps=g.nvlink_line_rate_mbps,
-        )
-        for g in p.gpus
-    ]
-    return pb.Partition(id=p.id, active=p.active, gpus=gpus, nvlinks=p.nvlinks)
-
-
-def change_pb(pb: Any, change: Change) -> Any:
-    return pb.ChangeResponse(
-        partition=partition_pb(pb, change.partition),
-        changed=change.changed,
-        message=change.message,
-        active_ids=list(change.active_ids),
-    )
-
-
-def event_pb(pb: Any, event: Event) -> Any:
-    return pb.Event(
-        kind=pb.Event.Kind.Value(event.kind),
-        seq=event.seq,
-        time=event.time,
-        partition_id=event.partition_id,
-        active_ids=list(event.active_ids),
-        message=event.message,
-        serving=event.serving,
-    )
-
-
-def failed_pb(pb: Any, d: nvfm.FailedDevice) -> Any:
-    return pb.FailedDevice(uuid=d.uuid, pci_bus_id=d.pci_bus_id, ports=list(d.ports))
-
-
-class Servicer:
-    """Implements guestinit.fabric.v1.FabricController over a :class:`Manager`."""
-
-    def __init__(self, manager: Manager) -> None:
-        self.manager = manager
-        self.pb = api.messages()
-
-    def _answer(self, context: Any, fn: Callable[[], T]) -> T:
-        import grpc
-
-        try:
-            return fn()
-        except Refused as exc:
-            context.abort(getattr(grpc.StatusCode, exc.status), exc.message)
-        except nvfm.FMError as exc:
-            context.abort(getattr(grpc.StatusCode, status_for(exc)), f"fabricmanager: {exc}")
-        raise AssertionError("context.abort returned")
-
-    def ListPartitions(self, request: Any, context: Any) -> Any:
-        table = self._answer(context, self.manager.table)
-        return self.pb.ListPartitionsResponse(
-            partitions=[partition_pb(self.pb, p) for p in table.partitions],
-            max_partitions=table.max_partitions,
-        )
-
-    def GetPartition(self, request: Any, context: Any) -> Any:
-        return partition_pb(self.pb, self._answer(context, lambda: self.manager.partition(request.id)))
-
-    def ActivatePartition(self, request: Any, context: Any) -> Any:
-        return change_pb(self.pb, self._answer(context, lambda: self.manager.activate(request.id)))
-
-    def DeactivatePartition(self, request: Any, context: Any) -> Any:
-        return change_pb(self.pb, self._answer(context, lambda: self.manager.deactivate(request.id)))
-
-    def SetActivatedPartitions(self, request: Any, context: Any) -> Any:
-        active = self._answer(context, lambda: self.manager.set_activated(list(request.ids)))
-        return self.pb.SetActivatedResponse(active_ids=list(active))
-
-    def GetNvlinkFailedDevices(self, request: Any, context: Any) -> Any:
-        found = self._answer(context, self.manager.failed_devices)
-        return self.pb.NvlinkFailedDevices(
-            gpus=[failed_pb(self.pb, d) for d in found.gpus],
-            switches=[failed_pb(self.pb, d) for d in found.switches],
-        )
-
-    def GetUnsupportedPartitions(self, request: Any, context: Any) -> Any:
-        found = self._answer(context, self.manager.unsupported)
-        return self.pb.UnsupportedPartitions(
-            partitions=[
-                self.pb.UnsupportedPartition(id=u.id, gpu_physical_ids=list(u.physical_ids)) for u in found
-            ]
-        )
-
-    def GetStatus(self, request: Any, context: Any) -> Any:
-        s = self.manager.status()
-        return self.pb.Status(
-            serving=s.serving,
-            fm_connected=s.fm_connected,
-            fm_address=s.fm_address,
-            library=s.library,
-            connect_version=s.connect_version,
-            active_ids=list(s.active_ids),
-            persisted_ids=list(s.persisted_ids),
-            state_path=s.state_path,
-            last_error=s.last_error,
-            restores=s.restores,
-            uptime_s=s.uptime_s,
-            version=__version__,
-        )
-
-    def Watch(self, request: Any, context: Any) -> Iterator[Any]:
-        import grpc
-
-        events = self.manager.events
-        if events.subscribers >= MAX_WATCHERS:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {MAX_WATCHERS} Watch streams at once")
-        q = events.subscribe()
-        try:
-            yield event_pb(self.pb, self.manager.snapshot())
-            while context.is_active():
-                try:
-                    event = q.get(timeout=0.25)
-                except queue.Empty:
-                    continue
-                if event is None:
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, "this Watch stream fell behind; watch again"
-                    )
-                    return
-                yield event_pb(self.pb, event)
-        finally:
-            events.unsubscribe(q)
 
 
 # --- options -------------------------------------------------------------------------------------
@@ -241,6 +65,7 @@ OPTIONS: tuple[Option, ...] = (
         "--fm-address",
         "fabricmanager's SDK address: HOST[:PORT], unix:PATH or vsock:CID:PORT",
         "127.0.0.1:6666",
+        metavar="ADDRESS",
     ),
     Option(
         "--state", "where the activated set is persisted", "/var/lib/fm-controller/state.json", metavar="PATH"
@@ -259,14 +84,30 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--poll-interval", "seconds between fabricmanager checks while in step", 1.0, type=float, metavar="S"
     ),
-    Option("--connect-timeout-ms", "fmConnect timeout", 2000, type=int, metavar="MS"),
+    Option("--connect-timeout-ms", "how long fmConnect may take", 2000, type=int, metavar="MS"),
 )
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="fm-controller", description=__doc__.split("\n")[0].strip("`"))
+DESCRIPTION = (
+    "Serve the gRPC API that partitions the NVLink fabric through NVIDIA fabricmanager's SDK "
+    "(libnvfm.so.1), with the standard gRPC health and reflection services."
+)
+EPILOG = (
+    "Health is SERVING while the controller is connected to fabricmanager and in step with it, and "
+    "NOT_SERVING otherwise (fabricmanager absent, starting or restarting). The server answers either "
+    "way: calls that need fabricmanager fail with UNAVAILABLE and say why. The command 'fmctl status' "
+    "shows the controller's state and the time its server spends on each method."
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fm-controller", description=DESCRIPTION, epilog=EPILOG)
     for o in OPTIONS:
-        kwargs: dict[str, Any] = {"help": o.help, "type": o.type}
+        shown = o.default is not None and not o.repeat
+        kwargs: dict[str, Any] = {
+            "help": o.help + (" (default: %(default)s)" if shown else ""),
+            "type": o.type,
+        }
         if o.metavar:
             kwargs["metavar"] = o.metavar
         if o.repeat:
@@ -275,7 +116,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             kwargs["default"] = o.default
         parser.add_argument(o.flag, **kwargs)
     parser.add_argument("--version", action="version", version=f"fm-controller {__version__}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 class UsageError(ValueError):
@@ -314,6 +159,7 @@ class Controller:
         self.state = StateFile(args.state)
         self.state.load()  # a damaged file stops us here, with its own message
         self.bridges: list[bridge.Bridge] = []
+        self.latencies = Latencies()
         self.server: Any = None
         self.health: Any = None
         self._private_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -365,11 +211,16 @@ class Controller:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
+        from guestinit.fabric.interceptor import LatencyInterceptor
+
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=WORKERS + MAX_WATCHERS, thread_name_prefix="rpc"),
+            interceptors=[LatencyInterceptor(self.latencies)],
             maximum_concurrent_rpcs=1024,
         )
-        api.services().add_FabricControllerServicer_to_server(Servicer(self.manager), self.server)
+        api.services().add_FabricControllerServicer_to_server(
+            Servicer(self.manager, self.latencies), self.server
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -1,18 +1,9 @@
 """``fmctl``: the command line for fm-controller.
 
-    fmctl [--address ADDRESS] [--json] COMMAND
-      list                 every partition: PARTITION ID, STATUS, GPUs, NVLINKS, GPU PHYSICAL IDs
-      status               the controller and its link to fabricmanager (exit 3 when not serving)
-      info ID              one partition and its GPUs
-      activate ID          activate (already active: says so, exit 0)
-      deactivate ID        deactivate (not active: says so, exit 0)
-      set-activated ID...  tell a restarted fabricmanager which partitions are active
-      failed-devices       GPUs and NVSwitches with failed NVLinks
-      unsupported          partitions unsupported on this system now
-      watch                print changes as they happen
+    fmctl [--address ADDRESS] [--json] COMMAND [ID...]
 
-ADDRESS: vsock:CID:PORT, unix:PATH, tcp:HOST:PORT or HOST:PORT (default: $FMCTL_ADDRESS, else the
-service VM's local socket). Exit codes: see EXIT_CODES.
+Its commands, with their help, are the :data:`COMMANDS` table; its exit codes the
+:data:`EXIT_CODES` table (gRPC status names to numbers).
 """
 
 from __future__ import annotations
@@ -25,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -149,7 +141,33 @@ def status_dict(s: Any) -> dict[str, Any]:
         "restores": s.restores,
         "uptime_s": round(s.uptime_s, 3),
         "version": s.version,
+        "latency": {m.method: latency_dict(m) for m in s.latency},
     }
+
+
+def latency_dict(m: Any) -> dict[str, Any]:
+    """One method's server-side latency; the overflow bucket's bound (+inf) is null in JSON."""
+    return {
+        "count": m.count,
+        "errors": m.errors,
+        "p50_ms": round(m.p50_ms, 3),
+        "p90_ms": round(m.p90_ms, 3),
+        "p99_ms": round(m.p99_ms, 3),
+        "max_ms": round(m.max_ms, 3),
+        "mean_ms": round(m.mean_ms, 3),
+        "buckets": [[None if b.le_ms == float("inf") else b.le_ms, b.count] for b in m.buckets],
+    }
+
+
+def latency_text(latency: Sequence[Any]) -> str:
+    """Time the server spent per method since it started (p50 and p99 estimated from its histogram)."""
+    rows = [["METHOD (server side)", "CALLS", "ERRORS", "P50 ms", "P99 ms", "MAX ms"]]
+    rows.append(["-" * len(h) for h in rows[0]])
+    for m in latency:
+        rows.append(
+            [m.method, str(m.count), str(m.errors), f"{m.p50_ms:.2f}", f"{m.p99_ms:.2f}", f"{m.max_ms:.2f}"]
+        )
+    return table(rows)
 
 
 def status_text(s: Any) -> str:
@@ -165,7 +183,8 @@ def status_text(s: Any) -> str:
     ]
     if s.last_error:
         rows.append(["last error", s.last_error])
-    return table(rows)
+    text = table(rows)
+    return text + "\n" + latency_text(s.latency) if s.latency else text
 
 
 def failed_dict(f: Any) -> dict[str, Any]:
@@ -313,35 +332,102 @@ def _partition_id(text: str) -> int:
     return int(text)
 
 
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str  # its line in `fmctl --help`
+    description: str  # `fmctl NAME --help`: whole sentences
+    ids: str = ""  # "": no id; "one": ID; "many": ID...
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "list",
+        "every partition",
+        "List every partition that fabricmanager supports: its id, whether it is active, its GPUs "
+        "and its NVLinks.",
+    ),
+    Command(
+        "status",
+        "the controller, its link to fabricmanager and its latency",
+        "Show fm-controller's state: its health, its link to fabricmanager, the active and persisted "
+        "partitions, and the time its server spends on each method (calls, p50, p99). The exit "
+        "status is 3 when the controller is not serving.",
+    ),
+    Command("info", "one partition and its GPUs", "Show one partition and each of its GPUs.", "one"),
+    Command(
+        "activate",
+        "activate a partition",
+        "Activate a partition. An active partition stays as it is (exit status 0); one that shares "
+        "a GPU with an active partition is refused (exit status 5), naming that partition.",
+        "one",
+    ),
+    Command(
+        "deactivate",
+        "deactivate a partition",
+        "Deactivate a partition. One that is not active stays as it is (exit status 0).",
+        "one",
+    ),
+    Command(
+        "set-activated",
+        "tell a restarted fabricmanager which partitions are active",
+        "Tell fabricmanager, restarted in restart mode, which partitions are active: each id once, "
+        "or none for an empty set. fm-controller does this by itself after such a restart, and "
+        "fabricmanager refuses it at any other time.",
+        "many",
+    ),
+    Command(
+        "failed-devices",
+        "GPUs and NVSwitches with failed NVLinks",
+        "List the GPUs and NVSwitches that have failed NVLinks, with their failed ports.",
+    ),
+    Command(
+        "unsupported",
+        "partitions this system cannot support now",
+        "List the partitions that this system cannot support now (one of their GPUs is missing, "
+        "for example), with their GPUs.",
+    ),
+    Command(
+        "watch",
+        "print changes as they happen",
+        "Print the current state, then each change as it happens (activations, deactivations, "
+        "fabricmanager lost and back, partitions restored after its restart) until interrupted.",
+    ),
+)
+
+
+def exit_codes_text() -> str:
+    by_code: dict[int, list[str]] = {}
+    for name, code in EXIT_CODES.items():
+        by_code.setdefault(code, []).append(name)
+    return "; ".join(f"{code} {', '.join(names)}" for code, names in sorted(by_code.items()))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fmctl", description="Partition the NVLink fabric through fm-controller."
+        prog="fmctl",
+        description="Partition the NVLink fabric through fm-controller.",
+        epilog=f"ADDRESS is {endpoints.CLIENT_FORMS}. Exit status by outcome: {exit_codes_text()}.",
     )
     p.add_argument(
         "--address",
         default=os.environ.get("FMCTL_ADDRESS", f"unix:{endpoints.DEFAULT_SOCKET}"),
-        help=f"fm-controller: {endpoints.CLIENT_FORMS} (default: $FMCTL_ADDRESS or %(default)s)",
+        help="where fm-controller listens (default: $FMCTL_ADDRESS or %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default %(default)s)")
-    p.add_argument("--tls-cert", help="client certificate (PEM) for tcp: with mutual TLS")
-    p.add_argument("--tls-key", help="client private key (PEM)")
-    p.add_argument("--tls-ca", help="CA (PEM) of the server's certificate")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="seconds per call (default: %(default)s)"
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for tcp: with mutual TLS")
+    p.add_argument("--tls-key", metavar="FILE", help="client private key (PEM)")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA (PEM) of the server's certificate")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("list", help="every partition")
-    sub.add_parser("status", help="the controller and its link to fabricmanager")
-    for name, help_text in (
-        ("info", "one partition"),
-        ("activate", "activate a partition"),
-        ("deactivate", "deactivate"),
-    ):
-        sp = sub.add_parser(name, help=help_text)
-        sp.add_argument("id", type=_partition_id, metavar="ID")
-    sp = sub.add_parser("set-activated", help="tell a restarted fabricmanager which partitions are active")
-    sp.add_argument("ids", type=_partition_id, nargs="*", metavar="ID")
-    sub.add_parser("failed-devices", help="GPUs and NVSwitches with failed NVLinks")
-    sub.add_parser("unsupported", help="partitions unsupported on this system now")
-    sub.add_parser("watch", help="print changes as they happen")
+    for c in COMMANDS:
+        sp = sub.add_parser(c.name, help=c.summary, description=c.description)
+        if c.ids == "one":
+            sp.add_argument("id", type=_partition_id, metavar="ID", help="a partition id (see fmctl list)")
+        elif c.ids == "many":
+            sp.add_argument("ids", type=_partition_id, nargs="*", metavar="ID", help="partition ids")
     return p
 
 

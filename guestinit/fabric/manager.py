@@ -14,7 +14,6 @@ call serialized, partition semantics the host can rely on, and resiliency.
 from __future__ import annotations
 
 import dataclasses
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,19 +21,21 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from guestinit.fabric import nvfm
+from guestinit.fabric.events import (
+    ACTIVATED,
+    CHANGED_OUTSIDE,
+    DEACTIVATED,
+    FM_CONNECTED,
+    FM_LOST,
+    RESTORED,
+    SET_ACTIVATED,
+    SNAPSHOT,
+    Event,
+    Events,
+)
 from guestinit.fabric.state import StateFile
 
 T = TypeVar("T")
-
-# Event kinds (the proto's Event.Kind names).
-SNAPSHOT = "SNAPSHOT"
-ACTIVATED = "ACTIVATED"
-DEACTIVATED = "DEACTIVATED"
-SET_ACTIVATED = "SET_ACTIVATED"
-FM_CONNECTED = "FM_CONNECTED"
-FM_LOST = "FM_LOST"
-RESTORED = "RESTORED"
-CHANGED_OUTSIDE = "CHANGED_OUTSIDE"
 
 
 class Refused(Exception):
@@ -52,58 +53,6 @@ class Change:
     changed: bool
     message: str
     active_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str
-    seq: int
-    time: float
-    active_ids: tuple[int, ...]
-    serving: bool
-    partition_id: int = 0
-    message: str = ""
-
-
-class Events:
-    """Fan-out of events to Watch streams; a subscriber that falls too far behind is dropped."""
-
-    def __init__(self, depth: int = 1024) -> None:
-        self._lock = threading.Lock()
-        self._subscribers: list[queue.Queue[Event | None]] = []
-        self._seq = 0
-        self.depth = depth
-
-    def publish(
-        self, kind: str, active_ids: Iterable[int], serving: bool, partition_id: int = 0, message: str = ""
-    ) -> Event:
-        with self._lock:
-            self._seq += 1
-            event = Event(kind, self._seq, time.time(), tuple(active_ids), serving, partition_id, message)
-            for q in list(self._subscribers):
-                try:
-                    q.put_nowait(event)
-                except queue.Full:
-                    self._subscribers.remove(q)
-                    q.queue.clear()
-                    q.put_nowait(None)  # tells the stream it was dropped
-            return event
-
-    def subscribe(self) -> queue.Queue[Event | None]:
-        q: queue.Queue[Event | None] = queue.Queue(maxsize=self.depth)
-        with self._lock:
-            self._subscribers.append(q)
-        return q
-
-    def unsubscribe(self, q: queue.Queue[Event | None]) -> None:
-        with self._lock:
-            if q in self._subscribers:
-                self._subscribers.remove(q)
-
-    @property
-    def subscribers(self) -> int:
-        with self._lock:
-            return len(self._subscribers)
 
 
 @dataclass
@@ -436,9 +385,7 @@ class Manager:
         return change
 
     def set_activated(self, partition_ids: Iterable[int]) -> tuple[int, ...]:
-        ids = tuple(partition_ids)
-        if len(set(ids)) != len(ids):
-            raise Refused("INVALID_ARGUMENT", f"partition ids [{_ids(ids)}] repeat an id")
+        ids = tuple(partition_ids)  # validated: each once, at most FM_MAX_FABRIC_PARTITIONS
 
         def op(conn: nvfm.Connection) -> tuple[int, ...]:
             try:

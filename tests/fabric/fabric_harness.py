@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,13 +67,21 @@ class FakeFabricManager:
             argv, env={**os.environ, **self.env, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 5
-        while not self.socket.exists():
+        while not self._accepts():  # the socket file appears at bind(), before listen()
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fake fabricmanager exited {self.proc.returncode}: {self.log()}")
             if time.monotonic() > deadline:
-                raise RuntimeError("fake fabricmanager did not create its socket")
+                raise RuntimeError("fake fabricmanager does not accept connections on its socket")
             time.sleep(0.01)
         return self
+
+    def _accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+            return True
 
     def kill(self) -> None:
         """A crash: SIGKILL, nothing cleaned up."""

@@ -16,7 +16,7 @@ import pytest
 from fabric_harness import ControllerProcess, FakeFabricManager, stub, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from guestinit.fabric import bridge, controller, endpoints, nvfm
+from guestinit.fabric import bridge, endpoints, nvfm, statuses
 
 
 def _health(address: str) -> str:
@@ -190,10 +190,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_fm_status_table_covers_every_return_code() -> None:
-    assert set(controller.FM_STATUS) == set(nvfm.ERRORS.values())
-    assert all(hasattr(grpc.StatusCode, name) for name in controller.FM_STATUS.values())
-    assert controller.status_for(nvfm.InUse("x")) == "FAILED_PRECONDITION"
-    assert controller.status_for(nvfm.NotConfigured("x")) == "UNAVAILABLE"
+    assert set(statuses.FM_STATUS) == set(nvfm.ERRORS.values())
+    assert all(hasattr(grpc.StatusCode, name) for name in statuses.FM_STATUS.values())
+    assert statuses.status_for(nvfm.InUse("x")) == "FAILED_PRECONDITION"
+    assert statuses.status_for(nvfm.NotConfigured("x")) == "UNAVAILABLE"
 
 
 def test_listen_addresses() -> None:

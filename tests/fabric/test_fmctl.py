@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fabric_harness import ControllerProcess, FakeFabricManager
 
+from guestinit.fabric import controller as fm_controller
 from guestinit.fabric import fmctl
 
 # The seed document's `fmctl list`, verbatim (partitions 7-14 active).
@@ -58,8 +61,13 @@ def test_commands_and_exit_codes(controller: ControllerProcess, fm: FakeFabricMa
         "fmctl: partition 3 overlaps active partition 1 (GPUs 1,3); "
         "deactivate partition 1 first (FM_ST_IN_USE)\n"
     )
+    code, _, err = run(a, "info", "42")
+    assert code == 4 and "partition 42 does not exist" in err
     code, _, err = run(a, "info", "77")
-    assert code == 4 and "partition 77 does not exist" in err
+    assert (
+        code == fmctl.EXIT_CODES["INVALID_ARGUMENT"] == 6
+        and "partition id 77 out of range: partition ids are 0-63" in err
+    )
     code, out, _ = run(a, "info", "1")
     assert code == 0 and out.startswith(
         "PARTITION ID  1\nSTATUS        Active\nGPUs          4\nNVLINKS       72\n"
@@ -122,3 +130,26 @@ def test_the_installed_command(controller: ControllerProcess) -> None:
     assert r.returncode == 0 and r.stdout.splitlines()[0] == SEED_LIST.splitlines()[0]
     r = subprocess.run([*argv, "activate", "x"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "is not a partition id" in r.stderr
+
+
+def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    found = [("fm-controller", fm_controller.parser()), ("fmctl", fmctl.parser())]
+    for action in fmctl.parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [(f"fmctl {name}", sub) for name, sub in action.choices.items()]
+    return found
+
+
+@pytest.mark.parametrize(("name", "p"), _parsers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_help_reads_as_whole_sentences(name: str, p: argparse.ArgumentParser) -> None:
+    """Descriptions are sentences, not a docstring's first line cut short or its markup."""
+    assert p.description, name
+    for text in (p.description, p.epilog or "Fine."):
+        assert text[0].isupper() and text.endswith("."), text
+        assert "``" not in text and ":mod:" not in text and "\n" not in text
+    assert "``" not in p.format_help()
+
+
+def test_every_command_is_in_the_table() -> None:
+    names = {name.removeprefix("fmctl ") for name, _ in _parsers()[2:]}
+    assert names == {c.name for c in fmctl.COMMANDS}

@@ -1,4 +1,5 @@
-"""The ctypes binding against the documented ABI and the C test double of libnvfm.so.1."""
+"""The ctypes binding (guestinit.fabric.nvfm) against the documented ABI and the C test double of
+libnvfm.so.1."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from fabric_harness import FakeFabricManager, wait_for
 
 from guestinit.fabric import nvfm
+from guestinit.fabric.nvfm import layout
 
 # references §4: the default partitions of an 8-GPU H100/H200 baseboard and of a B200.
 H100 = {
@@ -35,16 +37,16 @@ B200.update({7 + g: (g,) for g in range(1, 9)})
 
 
 def test_struct_sizes_and_version_words_match_the_sdk() -> None:
-    assert ctypes.sizeof(nvfm.FabricPartitionGpuInfo) == 128
-    assert ctypes.sizeof(nvfm.FabricPartitionInfo) == 2060
-    assert ctypes.sizeof(nvfm.FabricPartitionList) == 131852
-    assert nvfm.FABRIC_PARTITION_LIST_VERSION == 0x0102030C
-    assert nvfm.ACTIVATED_LIST_VERSION == 0x01000108
-    assert nvfm.NVLINK_FAILED_DEVICES_VERSION == 0x010028BC
-    assert nvfm.UNSUPPORTED_LIST_VERSION == 0x01001208
-    assert nvfm.CONNECT_PARAMS_V1 == 0x0100010C
-    assert nvfm.CONNECT_PARAMS_V2 == 0x02000110
-    assert nvfm.ConnectParamsV2.addressType.offset == 268
+    assert ctypes.sizeof(layout.FabricPartitionGpuInfo) == 128
+    assert ctypes.sizeof(layout.FabricPartitionInfo) == 2060
+    assert ctypes.sizeof(layout.FabricPartitionList) == 131852
+    assert layout.FABRIC_PARTITION_LIST_VERSION == 0x0102030C
+    assert layout.ACTIVATED_LIST_VERSION == 0x01000108
+    assert layout.NVLINK_FAILED_DEVICES_VERSION == 0x010028BC
+    assert layout.UNSUPPORTED_LIST_VERSION == 0x01001208
+    assert layout.CONNECT_PARAMS_V1 == 0x0100010C
+    assert layout.CONNECT_PARAMS_V2 == 0x02000110
+    assert layout.ConnectParamsV2.addressType.offset == 268
 
 
 def test_every_return_code_has_a_named_exception() -> None:
@@ -64,12 +66,12 @@ def test_every_return_code_has_a_named_exception() -> None:
 @pytest.mark.parametrize(
     ("text", "kind", "info"),
     [
-        ("127.0.0.1:6666", nvfm.ADDR_TYPE_INET, "127.0.0.1:6666"),
-        ("10.0.0.1", nvfm.ADDR_TYPE_INET, "10.0.0.1:6666"),
-        ("tcp:127.0.0.1:7000", nvfm.ADDR_TYPE_INET, "127.0.0.1:7000"),
-        ("unix:/run/fm.sock", nvfm.ADDR_TYPE_UNIX, "/run/fm.sock"),
-        ("/run/fm.sock", nvfm.ADDR_TYPE_UNIX, "/run/fm.sock"),
-        ("vsock:3:6666", nvfm.ADDR_TYPE_VSOCK, "3:6666"),
+        ("127.0.0.1:6666", layout.ADDR_TYPE_INET, "127.0.0.1:6666"),
+        ("10.0.0.1", layout.ADDR_TYPE_INET, "10.0.0.1:6666"),
+        ("tcp:127.0.0.1:7000", layout.ADDR_TYPE_INET, "127.0.0.1:7000"),
+        ("unix:/run/fm.sock", layout.ADDR_TYPE_UNIX, "/run/fm.sock"),
+        ("/run/fm.sock", layout.ADDR_TYPE_UNIX, "/run/fm.sock"),
+        ("vsock:3:6666", layout.ADDR_TYPE_VSOCK, "3:6666"),
     ],
 )
 def test_fm_addresses(text: str, kind: int, info: str) -> None:
