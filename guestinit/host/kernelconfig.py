@@ -1,6 +1,10 @@
 """`guestctl kernel-config`: check a kernel's .config against the fragments in kernel-config/.
 
     guestctl kernel-config check CONFIG [--fragment NAME|PATH ...]
+
+By default ``check`` holds CONFIG to what this project's images need (the ROLES table's required
+fragments: base, gpu, service VM) and lists what the other fragments want as recommendations,
+without failing; ``--fragment`` names the fragments to require instead.
     guestctl kernel-config list
     guestctl kernel-config fetch-debian [--suite trixie] [--package linux-image-cloud-amd64] [--refresh]
 
@@ -39,6 +43,34 @@ NOT_SET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 OFF = "n"
 DEFAULT_SUITE = "trixie"
 DEFAULT_PACKAGE = "linux-image-cloud-amd64"
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a fragment in kernel-config/ is for, and whether the images need it."""
+
+    name: str
+    required: bool
+    purpose: str
+
+
+# One table: `check`, `list` and kernel-config/README.md follow it.
+ROLES: tuple[Role, ...] = (
+    Role("base", True, "every guestinit microVM: virtio, vsock, PCIe hot-plug, hugepages, zstd initrd"),
+    Role("gpu", True, "the GPU image: NVIDIA's open modules and large BARs"),
+    Role("servicevm", True, "the service VM: NVSwitches passed through for fabricmanager"),
+    Role(
+        "image-rootfs",
+        False,
+        "Kata's rootfs-image form (--format erofs): virtio-blk and erofs built in; that form's own kernel "
+        "build sets them",
+    ),
+    Role("microvm-builtin", False, "a dedicated microVM kernel: drivers built in, virtio-mmio, PVH"),
+    Role(
+        "gpu-extras", False, "GPU features beyond what the GPU image relies on: UVM HMM, P2PDMA, nvidia-drm"
+    ),
+)
+ROLE = {role.name: role for role in ROLES}
 
 
 class KernelConfigError(UserError):
@@ -325,12 +357,20 @@ def _parser() -> argparse.ArgumentParser:
         description="Check kernel configs against the kernel-config/ fragments.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    check_p = sub.add_parser("check", help="report each option a fragment wants that CONFIG lacks")
+    check_p = sub.add_parser(
+        "check",
+        help="report each option CONFIG lacks that the images need; list the other fragments' wishes",
+        description="Check CONFIG against the fragments this project's images need (base, gpu, servicevm), "
+        "exiting 1 when one is not met, and list what the other fragments want as recommendations.",
+    )
     check_p.add_argument("config", type=Path, help="the kernel's .config (/boot/config-*, /proc/config.gz)")
     check_p.add_argument(
-        "--fragment", action="append", metavar="NAME|PATH", help="a fragment (default: all in kernel-config/)"
+        "--fragment",
+        action="append",
+        metavar="NAME|PATH",
+        help="require this fragment instead of the default set (may be given more than once)",
     )
-    sub.add_parser("list", help="the fragments in kernel-config/ and what each is for")
+    sub.add_parser("list", help="the fragments in kernel-config/, whether the images need each, and what for")
     fetch = sub.add_parser(
         "fetch-debian", help="download Debian's cloud kernel config (cached); print its path"
     )
@@ -349,23 +389,42 @@ def _first_comment(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> tuple[int, list[str]]:
     if args.command == "list":
-        return 0, [f"{p.stem:<16} {_first_comment(p)}" for p in fragment_paths()]
+        lines = []
+        for path in fragment_paths():
+            role = ROLE.get(path.stem)
+            kind = ("required" if role.required else "recommended") if role else "extra"
+            lines.append(f"{path.stem:<16} {kind:<11} {role.purpose if role else _first_comment(path)}")
+        return 0, lines
     if args.command == "fetch-debian":
         return 0, [
             os.fspath(fetch_debian_config(suite=args.suite, package=args.package, refresh=args.refresh))
         ]
-    specs = args.fragment or [p.stem for p in fragment_paths()]
-    if not specs:
-        raise KernelConfigError(f"{FRAGMENTS_DIR}: no fragments there", "pass --fragment PATH")
-    fragments = [load_fragment(spec) for spec in specs]
+    if args.fragment:
+        required, recommended = [load_fragment(spec) for spec in args.fragment], []
+    else:
+        known = {p.stem for p in fragment_paths()}
+        if not known:
+            raise KernelConfigError(f"{FRAGMENTS_DIR}: no fragments there", "pass --fragment PATH")
+        required = [load_fragment(r.name) for r in ROLES if r.required and r.name in known]
+        recommended = [load_fragment(r.name) for r in ROLES if not r.required and r.name in known]
     config = read_config(args.config)
-    lines = [f"conflict: {c}" for c in conflicts(fragments)]
-    findings = check(config, fragments)
+    lines = [f"conflict: {c}" for c in conflicts(required)]
+    findings = check(config, required)
     lines += [finding.line() for finding in findings]
     failed = {f.fragment for f in findings}
-    summary = ", ".join(f"{f.name} {'FAILS' if f.name in failed else 'ok'}" for f in fragments)
-    lines.append(f"{args.config}: {len(findings)} option(s) missing or different; {summary}")
-    return (1 if findings or len(lines) > len(findings) + 1 else 0), lines
+    summary = ", ".join(f"{f.name} {'FAILS' if f.name in failed else 'ok'}" for f in required)
+    advice = check(config, recommended)
+    if advice:
+        lines.append("recommended, not required (what the other fragments want):")
+        lines += [f"  {finding.line()}" for finding in advice]
+    tail = ""
+    if recommended:
+        wanting = sorted({f.fragment for f in advice})
+        tail = f"; {len(advice)} recommended option(s) not met" + (
+            f" ({', '.join(wanting)})" if wanting else ""
+        )
+    lines.append(f"{args.config}: {len(findings)} required option(s) missing or different; {summary}{tail}")
+    return (1 if findings or lines[0].startswith("conflict:") else 0), lines
 
 
 def main(argv: list[str]) -> int:
