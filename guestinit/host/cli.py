@@ -65,18 +65,21 @@ def _delegate(module: str, function: str) -> object:
     return getattr(mod, function)
 
 
+# Subcommands implemented in their own modules, with their own argument parsers (imported on use).
+PASSTHROUGH: tuple[tuple[str, str, str, str], ...] = (
+    ("build", "guestinit.host.build.cli", "main", "build an image with mkosi (outputs under build/)"),
+    ("listen", "guestinit.host.listen.cli", "main", "wait for readiness messages on notify addresses"),
+    ("plan", "guestinit.host.plan.planner", "main", "BAR, MMIO and hugepage settings for a GPU VM"),
+    ("deploy", "guestinit.host.kata.deploy", "deploy_main", "install a built guest into a Kata prefix"),
+    ("rollback", "guestinit.host.kata.deploy", "rollback_main", "switch a Kata prefix back a version"),
+    ("kernel-config", "guestinit.host.kernelconfig", "main", "check a kernel configuration"),
+    ("bench", "guestinit.host.bench.run", "main", "boot time against busybox and systemd baselines"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Subcommands implemented in their own modules take their own argument parsers.
-    passthrough = {
-        "build": ("guestinit.host.build.cli", "main"),
-        "listen": ("guestinit.host.listen.cli", "main"),
-        "plan": ("guestinit.host.plan.planner", "main"),
-        "deploy": ("guestinit.host.kata.deploy", "deploy_main"),
-        "rollback": ("guestinit.host.kata.deploy", "rollback_main"),
-        "kernel-config": ("guestinit.host.kernelconfig", "main"),
-        "bench": ("guestinit.host.bench.run", "main"),
-    }
+    passthrough = {name: (module, function) for name, module, function, _help in PASSTHROUGH}
     try:
         if argv and argv[0] in passthrough:
             module, function = passthrough[argv[0]]
@@ -88,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog="guestctl", description="Host tools for guestinit images.")
         parser.add_argument("--version", action="version", version=__version__)
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-        p = sub.add_parser("boot", help="boot an image in QEMU, wait for READY, print the timeline")
+        p = sub.add_parser(
+            "boot",
+            help="boot an image in QEMU, wait for READY, print the timeline",
+            description="Boot an image in QEMU, wait for READY and print the timeline of the boot: QEMU's "
+            "start, the guest's own phases and the readiness messages as they arrived.",
+        )
         p.add_argument(
             "image",
             nargs="?",
@@ -99,18 +107,28 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--extra-initrd", action="append", metavar="FILE", help="cpio archive appended to the image"
         )
-        p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-        p.add_argument("--transport", choices=("auto", "vsock", "serial"), default="auto")
+        p.add_argument(
+            "--accel",
+            choices=("auto", "kvm", "tcg"),
+            default="auto",
+            help="accelerator: kvm when it really boots a guest here (probed), else tcg (default auto)",
+        )
+        p.add_argument(
+            "--transport",
+            choices=("auto", "vsock", "serial"),
+            default="auto",
+            help="readiness channel: vsock when /dev/vhost-vsock exists, else virtio-serial (default auto)",
+        )
         p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for READY (default 120)")
         p.add_argument(
             "--shutdown", action="store_true", help="after READY, system_powerdown and time the exit"
         )
         p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
-        p.add_argument("--cpus", type=int, default=2)
+        p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_boot)
-        for name in passthrough:
-            sub.add_parser(name, help=f"see guestctl {name} --help", add_help=False)
+        for name, _module, _function, text in PASSTHROUGH:
+            sub.add_parser(name, help=text, add_help=False)
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()

@@ -370,12 +370,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME|PATH",
         help="require this fragment instead of the default set (may be given more than once)",
     )
-    sub.add_parser("list", help="the fragments in kernel-config/, whether the images need each, and what for")
-    fetch = sub.add_parser(
-        "fetch-debian", help="download Debian's cloud kernel config (cached); print its path"
+    sub.add_parser(
+        "list",
+        help="the fragments in kernel-config/, whether the images need each, and what for",
+        description="List the fragments in kernel-config/: required or recommended, and what each is for.",
     )
-    fetch.add_argument("--suite", default=DEFAULT_SUITE)
-    fetch.add_argument("--package", default=DEFAULT_PACKAGE)
+    fetch = sub.add_parser(
+        "fetch-debian",
+        help="download Debian's cloud kernel config (cached); print its path",
+        description="Download the configuration of Debian's cloud kernel with apt (a private "
+        "configuration; the system's sources are not touched), keep it in the cache and print its path.",
+    )
+    fetch.add_argument("--suite", default=DEFAULT_SUITE, help=f"the Debian suite (default {DEFAULT_SUITE})")
+    fetch.add_argument(
+        "--package", default=DEFAULT_PACKAGE, help=f"the kernel package (default {DEFAULT_PACKAGE})"
+    )
     fetch.add_argument("--refresh", action="store_true", help="download even when a config is cached")
     return parser
 

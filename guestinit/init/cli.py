@@ -44,17 +44,29 @@ def tool(argv: list[str]) -> int:
 
     from guestinit import __version__
 
-    parser = argparse.ArgumentParser(prog="guestinit", description="PID 1 for Kata GPU guests.")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("version", help="print the version")
-    p_params = sub.add_parser("params", help="the guestinit.* kernel command-line keys")
+    parser = argparse.ArgumentParser(
+        prog="guestinit",
+        description="PID 1 for Kata GPU guests when the kernel runs it; run by hand, a few tools.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("version", help="print the version", description="Print guestinit's version.")
+    p_params = sub.add_parser(
+        "params",
+        help="the guestinit.* kernel command-line keys",
+        description="List the guestinit.* kernel command-line keys with their types and defaults.",
+    )
     p_params.add_argument("--markdown", action="store_true", help="print the generated reference")
-    p_parse = sub.add_parser("parse-cmdline", help="parse a kernel command line and print the values")
+    p_parse = sub.add_parser(
+        "parse-cmdline",
+        help="parse a kernel command line and print the values",
+        description="Parse a kernel command line as boot does and print the values and problems as JSON "
+        "(exit 1 when there is a problem).",
+    )
     p_parse.add_argument("cmdline", nargs="?", help="the command line (default: /proc/cmdline)")
     # routed above to their own parsers; listed here so --help shows them
-    sub.add_parser("probe", help="read-only report of GPUs, BARs, hugepages and the mode (see probe --help)")
-    sub.add_parser("services", help="check and document service files (see services --help)")
-    sub.add_parser("check", help="check guestinit.toml, service files and a command line (see check --help)")
+    sub.add_parser("probe", add_help=False, help="report GPUs, BARs, hugepages and the mode, read-only")
+    sub.add_parser("services", add_help=False, help="check service files, or print their reference")
+    sub.add_parser("check", add_help=False, help="check guestinit.toml, service files and a command line")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(__version__)

@@ -51,10 +51,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "default: all three built-in images)",
     )
     p.add_argument("--kernel", help="kernel for every image (default: the one beside the guestinit image)")
-    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    p.add_argument("--transport", choices=("auto", "vsock", "serial"), default="auto")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="accelerator: kvm when it really boots a guest here (probed), else tcg (default auto)",
+    )
+    p.add_argument(
+        "--transport",
+        choices=("auto", "vsock", "serial"),
+        default="auto",
+        help="readiness channel: vsock when /dev/vhost-vsock exists, else virtio-serial (default auto)",
+    )
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
-    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each READY")
     p.add_argument("--json", metavar="FILE", help="write every run and the statistics as JSON")
     p.add_argument("--svg", metavar="FILE", help="write the timeline picture")

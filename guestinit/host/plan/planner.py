@@ -83,7 +83,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--memory", default="8G", help="guest RAM, e.g. 64G (bare numbers are MiB; default 8G)"
     )
-    parser.add_argument("--format", choices=FORMATS, default="text")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text, json, QEMU arguments or Kata settings (default text)",
+    )
     parser.add_argument("--hugepages", choices=BACKINGS, default="auto", help="RAM backing (default: auto)")
     parser.add_argument("--cpu", default="host", help="QEMU CPU model (default host; e.g. max under TCG)")
     parser.add_argument("--host-kernel", help="the host kernel's version (default: read from the root)")

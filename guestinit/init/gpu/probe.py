@@ -190,7 +190,9 @@ def render_text(report: dict[str, object]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="guestinit probe", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="guestinit probe",
+        description="Report, read-only, this machine's GPUs, NVSwitches, BARs, hugepages and the mode "
+        "guestinit would choose.",
     )
     parser.add_argument("--root", default="/", help="the tree to read, shaped like / (default: /)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -73,7 +73,11 @@ def main(argv: list[str]) -> int:
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="guestinit services", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="guestinit services",
+        description="Check the service files of a root (exit 1 when any is unusable), or print the "
+        "reference of the keys a service file may use.",
+    )
     parser.add_argument("--root", default="/", help="the guest root to read (default /)")
     parser.add_argument("--markdown", action="store_true", help="print the generated reference")
     parser.add_argument("--keys", action="store_true", help="list the keys a service file may use")
