@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cgroup2_host import cgroup_of, make_test_cgroup, remove_test_cgroup
 from test_services import Rig, alive, rig, script
 
 from guestinit.init import cgroups
@@ -123,30 +123,6 @@ def test_exit_codes_as_a_shell_reports_them() -> None:
 # -- the real cgroup2 hierarchy --------------------------------------------------------------
 
 
-def _cgroup2() -> tuple[Path | None, str]:
-    """This process's cgroup in the cgroup2 hierarchy, or None and why not."""
-    if os.geteuid() != 0:
-        return None, "not root"
-    mount = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[:1] == ["cgroup2"]:
-                mount = Path(left.split()[4])
-                break
-    if mount is None:
-        return None, "no cgroup2 mounted on this machine"
-    own = cgroup_of(os.getpid()) if "0::" in Path("/proc/self/cgroup").read_text() else None
-    if own is None:
-        return None, "this process is in no cgroup2 cgroup"
-    here = mount / own.lstrip("/")
-    if not os.access(here, os.W_OK):
-        return None, f"{here} is not writable"
-    if not (here / "cgroup.kill").exists() and own != "/":
-        return None, "no cgroup.kill (Linux < 5.14)"
-    return here, ""
-
-
 class Real:
     """The supervisor rig with a real cgroup tree, in a fresh cgroup under this process's own
     that stands in for the root of the cgroup2 mount."""
@@ -165,54 +141,22 @@ class Real:
         rig.sup.start()
         return rig.sup
 
-    def remove(self) -> None:
-        """Kill whatever is left, reap it, and remove the cgroups, deepest first."""
-        for path in self.mount.rglob("cgroup.kill"):
-            try:
-                path.write_text("1")
-            except OSError:
-                pass
-        deadline = time.monotonic() + 5
-        for path in sorted((p.parent for p in self.mount.rglob("cgroup.procs")), key=lambda p: -len(p.parts)):
-            while True:
-                self.rig.reaper.reap()
-                try:
-                    path.rmdir()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-
 
 __all__ = ["rig"]  # the supervisor rig of test_services.py, as a fixture here too
 
 
 @pytest.fixture
 def real(rig: Rig) -> Iterator[Real]:
-    here, why = _cgroup2()
-    if here is None:
+    mount, why = make_test_cgroup()
+    if mount is None:
         pytest.skip(f"no real cgroup test here: {why}")
-    mount = here / f"guestinit-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        mount.mkdir()
-    except OSError as exc:
-        pytest.skip(f"no real cgroup test here: cannot create a cgroup under {here}: {exc}")
-    if not (mount / "cgroup.kill").exists():
-        mount.rmdir()
-        pytest.skip("no real cgroup test here: no cgroup.kill (Linux < 5.14)")
     r = Real(rig, mount)
     try:
         yield r
     finally:
         if rig.sup is not None:
             rig.sup.stop_all(time.monotonic() + 5)
-        r.remove()
-
-
-def cgroup_of(pid: int) -> str:
-    text = Path(f"/proc/{pid}/cgroup").read_text()
-    return next(line[3:].strip() for line in text.splitlines() if line.startswith("0::"))
+        remove_test_cgroup(mount, rig.reaper.reap)
 
 
 def wait_for_lines(real: Real, path: Path, count: int) -> list[int]:

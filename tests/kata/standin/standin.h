@@ -28,4 +28,8 @@ void buf_free(struct buf *b);
 int ttrpc_serve(int listen_fd, double deadline);
 double monotonic_now(void);
 
+/* cgroups.c: with agent.standin_cgroup=PATH, make a container's cgroup the way the agent
+ * does and report it as "cgroup_probe" (null without the key). */
+void report_cgroup_probe(struct buf *b, const char *cmdline);
+
 #endif
