@@ -4,9 +4,8 @@ states a service goes through are described in service.py.
 
 Each service runs in its own cgroup (cgroups.py) when the tree is there: stopping reaches
 every process in it (kill_mode = "control-group", the default), forked or double-forked, and
-what a main process leaves behind when it exits is stopped too. Without cgroups the process
-tree (psutil: descendants and session members) stands in. A service with exit_action =
-"poweroff" that ends for good sets ``exit_request``, which PID 1 acts on."""
+what a main process leaves behind when it exits is stopped too (stopping.py). A service
+with exit_action = "poweroff" that ends for good sets ``exit_request``, which PID 1 acts on."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import os
 import time
 
 from guestinit.init.clock import boottime
-from guestinit.init.cmodules import signal
 from guestinit.init.kmsg import INFO, Log
 from guestinit.init.loop import Loop
 from guestinit.init.reaper import Reaper, describe, succeeded
@@ -24,13 +22,12 @@ from guestinit.init.services.keys import ServiceSpec
 from guestinit.init.services.order import cycles, dependencies, levels
 from guestinit.init.services.pipe import Pipe
 from guestinit.init.services.service import Service
+from guestinit.init.services.stopping import Stopper, session_of
 from guestinit.init.syslog import Ring
 
 TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    import psutil  # imported only when a service without a cgroup is stopped
 
     from guestinit.init.cgroups import CgroupTree
 
@@ -64,6 +61,7 @@ class Supervisor:
         self.on_event = on_event
         self.proc = proc
         self.cgroups = cgroups
+        self.stopper = Stopper(loop, log, cgroups, proc)
         self.services: dict[str, Service] = {}
         self.problems: list[str] = []
         self.stopping = False
@@ -126,7 +124,7 @@ class Supervisor:
             in_cgroup = self._cgroup_of(pid)
             if in_cgroup:
                 return in_cgroup
-            session = self._session(pid)
+            session = session_of(self.proc, pid)
             if session:
                 for svc in self.services.values():
                     if session in (svc.pid, svc.out_pid):
@@ -151,14 +149,6 @@ class Supervisor:
                 if len(parts) >= 2 and parts[-2] == "guestinit" and parts[-1] in self.services:
                     return parts[-1]
         return None
-
-    def _session(self, pid: int) -> int:
-        try:
-            with open(f"{self.proc}/{pid}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-            return int(stat[stat.rindex(")") + 2 :].split()[3])
-        except (OSError, ValueError, IndexError):
-            return 0
 
     # -- starting -----------------------------------------------------------------------
 
@@ -258,11 +248,7 @@ class Supervisor:
         tree = self.cgroups
         if tree is None:
             return -1
-        if svc.sweep_timer is not None:
-            svc.sweep_timer.cancel()
-            svc.sweep_timer = None
-            if tree.populated(svc.name):
-                self._kill_cgroup(svc)
+        self.stopper.clear(svc)
         try:
             if not svc.cgroup:
                 tree.create(svc.name)
@@ -316,7 +302,7 @@ class Supervisor:
         if svc.state != "starting":
             return
         if not ok:
-            self._terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, detail))
+            self.stopper.terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, detail))
             return
         svc.state = "ready"
         svc.ever_ready = True
@@ -337,7 +323,7 @@ class Supervisor:
         kind = svc.spec.ready[0]
         extra = f"; last: {probe.last}" if isinstance(probe, probes.CommandExits) and probe.last else ""
         reason = f"not ready ({kind}) within {timeout:g} s{extra}"
-        self._terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, reason))
+        self.stopper.terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, reason))
 
     # -- exits, restarts ----------------------------------------------------------------
 
@@ -350,7 +336,7 @@ class Supervisor:
         svc.last_status = status
         what = describe(status)
         if svc.state == "stopping":
-            self._check_stopped(svc)
+            self.stopper.check_stopped(svc)
             return
         if svc.spec.pid_file and not svc.adopted and svc.state in ("starting", "ready") and succeeded(status):
             if not self._adopt(svc):
@@ -442,150 +428,12 @@ class Supervisor:
         self.log.info(f"{svc.name}: exit_action poweroff (EXIT_STATUS={code})")
         self.exit_request = (code, reason)
 
-    # -- leftovers ----------------------------------------------------------------------
-
-    def _scope(self, svc: Service) -> str:
-        """What stopping reaches: "cgroup" (the service's cgroup), "process" (the main process,
-        kill_mode = "process"), or "tree" (no cgroup: the process tree, found with psutil)."""
-        if svc.spec.kill_mode == "process":
-            return "process"
-        return "cgroup" if svc.cgroup and self.cgroups is not None else "tree"
-
-    def _sweep(self, svc: Service) -> None:
-        """The main process exited: SIGTERM what it left in the service's cgroup, cgroup.kill
-        after stop_timeout (or at once, when the service starts again before that)."""
-        if self.stopping or self._scope(svc) != "cgroup":
-            return
-        assert self.cgroups is not None
-        left = self.cgroups.pids(svc.name)
-        if not left:
-            return
-        timeout = self._stop_timeout(svc)
-        self.log.info(f"{svc.name}: {len(left)} left behind: SIGTERM, cgroup.kill after {timeout:g} s")
-        _signal(left, signal.SIGTERM)
-        svc.sweep_timer = self.loop.call_later(timeout, lambda: self._sweep_kill(svc))
-
-    def _sweep_kill(self, svc: Service) -> None:
-        svc.sweep_timer = None
-        if self.cgroups is not None and self.cgroups.populated(svc.name):
-            self.log.warning(f"{svc.name}: processes left behind still running after SIGTERM: cgroup.kill")
-            self._kill_cgroup(svc)
-
-    def _kill_cgroup(self, svc: Service) -> None:
-        """SIGKILL the whole cgroup: cgroup.kill, or each process where the kernel lacks it."""
-        assert self.cgroups is not None
-        if not self.cgroups.kill(svc.name):
-            _signal(self.cgroups.pids(svc.name), signal.SIGKILL)
-
-    # -- stopping -----------------------------------------------------------------------
-
     def _stop_timeout(self, svc: Service) -> float:
         return svc.spec.stop_timeout or self.stop_timeout
 
-    def _tree(self, pid: int) -> list[psutil.Process]:
-        """The service's processes: the main one, its descendants, and its session's members."""
-        import psutil
-
-        procs: dict[int, psutil.Process] = {}
-        try:
-            main = psutil.Process(pid)
-            procs[pid] = main
-            for child in main.children(recursive=True):
-                procs[child.pid] = child
-        except psutil.Error:
-            pass
-        try:
-            entries = os.listdir(self.proc)
-        except OSError:
-            entries = []
-        for entry in entries:
-            other = int(entry) if entry.isdigit() else 0
-            if other and other not in procs and other != os.getpid() and self._session(other) == pid:
-                try:
-                    procs[other] = psutil.Process(other)
-                except psutil.Error:
-                    pass
-        return list(procs.values())
-
-    def _terminate(self, svc: Service, timeout: float, then: Callable[[], None]) -> None:
-        """SIGTERM the whole tree; SIGKILL what is left after timeout; then ``then()``."""
-        svc.state = "stopping"
-        svc.after_stop = then
-        svc.stop_started = time.monotonic()
-        svc.stop_how = "exited"
-        svc.stop_readiness_wait()
-        if svc.restart_timer is not None:
-            svc.restart_timer.cancel()
-            svc.restart_timer = None
-        if svc.sweep_timer is not None:
-            svc.sweep_timer.cancel()
-            svc.sweep_timer = None
-        svc.tree = []
-        scope = self._scope(svc)
-        if scope == "tree":
-            svc.tree = self._tree(svc.pid) if svc.pid else []
-            targets = [p.pid for p in svc.tree]
-        elif scope == "cgroup":
-            assert self.cgroups is not None
-            targets = sorted(set(self.cgroups.pids(svc.name)) | ({svc.pid} if svc.pid else set()))
-        else:
-            targets = [svc.pid] if svc.pid else []
-        if targets:
-            svc.stop_how = "SIGTERM"
-        _signal(targets, signal.SIGTERM)
-        svc.kill_timer = self.loop.call_later(timeout, lambda: self._kill(svc))
-        self._check_stopped(svc)
-
-    def _kill(self, svc: Service) -> None:
-        svc.kill_timer = None
-        if svc.state != "stopping":
-            return
-        scope = self._scope(svc)
-        if scope == "tree":
-            alive = [p for p in svc.tree if _alive(p)]
-            if alive:
-                svc.stop_how = "SIGKILL"
-                self.log.warning(f"{svc.name}: {len(alive)} process(es) still running after SIGTERM: SIGKILL")
-            for proc in alive:
-                try:
-                    proc.kill()
-                except Exception:
-                    pass
-            return
-        if scope == "cgroup":
-            assert self.cgroups is not None
-            if self.cgroups.populated(svc.name):
-                svc.stop_how = "SIGKILL"
-                self.log.warning(f"{svc.name}: still running after SIGTERM: cgroup.kill")
-                self._kill_cgroup(svc)
-        if svc.pid:
-            svc.stop_how = "SIGKILL"
-            _signal([svc.pid], signal.SIGKILL)
-
-    def _check_stopped(self, svc: Service) -> None:
-        """Stopped once the main process was reaped and no other process of its tree is left;
-        the main exit is an event (the reaper), leftovers are re-checked every 20 ms."""
-        svc.poll_timer = None
-        if svc.state != "stopping" or svc.pid:
-            return
-        if self._left(svc):
-            svc.poll_timer = self.loop.call_later(0.02, lambda: self._check_stopped(svc))
-            return
-        if svc.kill_timer is not None:
-            svc.kill_timer.cancel()
-            svc.kill_timer = None
-        svc.tree = []
-        then, svc.after_stop = svc.after_stop, None
-        if then is not None:
-            then()
-
-    def _left(self, svc: Service) -> bool:
-        """Whether a process stopping must wait for is still there (the main one aside)."""
-        scope = self._scope(svc)
-        if scope == "cgroup":
-            assert self.cgroups is not None
-            return self.cgroups.populated(svc.name)
-        return scope == "tree" and any(_alive(p) for p in svc.tree)
+    def _sweep(self, svc: Service) -> None:
+        if not self.stopping:
+            self.stopper.sweep(svc, self._stop_timeout(svc))
 
     def stop_all(self, deadline: float) -> list[dict[str, object]]:
         """Stop every service in reverse dependency order (deepest level first, each level in
@@ -604,7 +452,7 @@ class Supervisor:
             group = [
                 s
                 for s in self.services.values()
-                if s.level == level and (s.pid or s.state == "stopping" or self._leftovers(s))
+                if s.level == level and (s.pid or s.state == "stopping" or self.stopper.leftovers(s))
             ]
             for svc in group:
                 if svc.state == "stopping":
@@ -622,26 +470,14 @@ class Supervisor:
                         }
                     )
 
-                self._terminate(svc, timeout, done)
+                self.stopper.terminate(svc, timeout, done)
             self.loop.run_until(lambda: all(s.state != "stopping" for s in group), deadline)  # noqa: B023
         for svc in self.services.values():
             if svc.state == "stopping" or svc.pid:
-                if self._scope(svc) == "cgroup":
-                    self._kill_cgroup(svc)
-                    _signal([svc.pid] if svc.pid else [], signal.SIGKILL)
-                else:
-                    for proc in svc.tree or (self._tree(svc.pid) if svc.pid else []):
-                        try:
-                            proc.kill()
-                        except Exception:
-                            pass
+                self.stopper.kill_now(svc)
                 records.append({"name": svc.name, "how": "SIGKILL (shutdown deadline)", "s": None})
                 svc.state = "stopped"
         return records
-
-    def _leftovers(self, svc: Service) -> bool:
-        """Processes of a service whose main process is gone, still in its cgroup."""
-        return self._scope(svc) == "cgroup" and self.cgroups is not None and self.cgroups.populated(svc.name)
 
 
 def exit_code(status: int) -> int:
@@ -649,21 +485,3 @@ def exit_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        if pid > 1:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-
-
-def _alive(proc: psutil.Process) -> bool:
-    import psutil
-
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
