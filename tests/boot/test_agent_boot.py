@@ -41,6 +41,43 @@ KATA_CMDLINE = (
 )
 CGROUPS_PATH = "/kubepods/besteffort/pod5e1f/ctr1"
 
+# A service beside the agent that double-forks a grandchild which leaves its session and
+# ignores SIGTERM (the daemon that used to escape to the root cgroup), with cgroup limits; its
+# main process reports what it sees on its output (the console, with loglevel=7).
+DAEMON_TOML = """\
+command = ["/usr/local/bin/daemon"]
+ready = { log = "^DAEMON " }
+stop_timeout = 1
+memory_max = "64M"
+cpu_weight = 50
+"""
+DAEMON = """\
+#!/usr/bin/python3
+import json, os, signal, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open("/run/grandchild.tmp", "w").write(str(os.getpid()))
+        os.rename("/run/grandchild.tmp", "/run/grandchild")
+        while True:
+            time.sleep(60)
+    os._exit(0)
+os.wait()
+while not os.path.exists("/run/grandchild"):
+    time.sleep(0.01)
+grandchild = int(open("/run/grandchild").read())
+cgroup = "/sys/fs/cgroup/guestinit/daemon/"
+print("DAEMON " + json.dumps({
+    "grandchild_cgroup": open(f"/proc/{grandchild}/cgroup").read().strip(),
+    "grandchild_sid": os.getsid(grandchild), "sid": os.getsid(0),
+    "memory_max": open(cgroup + "memory.max").read().strip(),
+    "cpu_weight": open(cgroup + "cpu.weight").read().strip(),
+}), flush=True)
+while True:
+    time.sleep(60)
+"""
+
 
 @pytest.fixture(scope="module")
 def agent_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -142,8 +179,13 @@ def test_the_standin_agent_finds_everything_its_own_init_mode_would_give_it(
     tree = tmp_path / "hostname"
     (tree / "etc").mkdir(parents=True)
     (tree / "etc/hostname").write_text("kata-sandbox\n")
-    hostname = _cpio(tree, tmp_path / "hostname.cpio")
-    vm = vm_factory(f"{KATA_CMDLINE} agent.standin_cgroup={CGROUPS_PATH}", (hostname,))
+    (tree / "etc/guestinit/services.d").mkdir(parents=True)
+    (tree / "etc/guestinit/services.d/daemon.toml").write_text(DAEMON_TOML)
+    (tree / "usr/local/bin").mkdir(parents=True)
+    (tree / "usr/local/bin/daemon").write_text(DAEMON)
+    (tree / "usr/local/bin/daemon").chmod(0o755)
+    extra = _cpio(tree, tmp_path / "extra.cpio")
+    vm = vm_factory(f"loglevel=7 {KATA_CMDLINE} agent.standin_cgroup={CGROUPS_PATH}", (extra,))
     assert vm.until(lambda: vm.first("READY") or vm.exited(), 240), vm.why()
     ready = vm.first("READY")
     assert ready is not None, vm.why()
@@ -198,9 +240,17 @@ def test_the_standin_agent_finds_everything_its_own_init_mode_would_give_it(
     agent = next(s for s in json.loads(ready["X_GUESTINIT_SERVICES"]) if s["name"] == "kata-agent")
     assert agent["state"] == "ready" and agent["pid"] == report["pid"]
     assert isinstance(agent["memory_current"], int) and isinstance(agent["cpu_usec"], int)
+    # the double-forked daemon: in its service's cgroup, limited, and killed with it
+    console = vm.console()
+    daemon = json.loads(console.split("DAEMON ", 1)[1].splitlines()[0])
+    assert daemon["grandchild_cgroup"] == "0::/guestinit/daemon", daemon
+    assert daemon["grandchild_sid"] != daemon["sid"]  # out of the session: a tree walk missed it
+    assert (daemon["memory_max"], daemon["cpu_weight"]) == (str(64 << 20), "50")
     final = vm.first("X_SYSTEMD_SHUTDOWN")
     assert final is not None and final["X_SYSTEMD_SHUTDOWN"] == "poweroff", vm.why()
-    assert [s["name"] for s in json.loads(final["X_GUESTINIT_STOPPED"])] == ["kata-agent"]
+    stopped = [(s["name"], s["how"]) for s in json.loads(final["X_GUESTINIT_STOPPED"])]
+    assert stopped == [("kata-agent", "SIGTERM"), ("daemon", "SIGKILL")]  # the agent first: after *
+    assert "daemon: still running after SIGTERM: cgroup.kill" in console
     assert vm.proc.returncode == 0
 
 
