@@ -282,3 +282,41 @@ def test_probes_run_in_the_services_cgroup_and_restarts_reuse_it(real: Real) -> 
     assert sup.services["twice"].state == "exited" and sup.services["twice"].starts == 2
     assert seen.read_text().strip().endswith("/guestinit/probed")
     sup.stop_all(time.monotonic() + 10)
+
+
+# -- the service-file keys ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "value"),
+    [
+        ({"memory_max": "512M"}, "memory_max", 512 << 20),
+        ({"memory_max": "4g"}, "memory_max", 4 << 30),
+        ({"memory_max": 1 << 30}, "memory_max", 1 << 30),
+        ({"cpu_weight": 10000}, "cpu_weight", 10000),
+        ({"kill_mode": "process"}, "kill_mode", "process"),
+        ({"exit_action": "poweroff"}, "exit_action", "poweroff"),
+        ({}, "kill_mode", "control-group"),
+        ({}, "exit_action", "none"),
+        ({}, "memory_max", None),
+    ],
+)
+def test_cgroup_and_exit_keys(table: dict[str, object], field: str, value: object) -> None:
+    spec = files.from_table("svc", "/etc/guestinit/services.d/svc.toml", {"command": ["/bin/true"], **table})
+    assert spec.error == "" and getattr(spec, field) == value
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"memory_max": "1K"}, "memory_max: must be a size of at least 1M: bytes, or a string such as"),
+        ({"memory_max": "lots"}, "memory_max: must be a size of at least 1M"),
+        ({"memory_max": True}, "memory_max: must be a size of at least 1M"),
+        ({"cpu_weight": 0}, "cpu_weight: must be a whole number from 1 to 10000 (the default weight is 100)"),
+        ({"kill_mode": "mixed"}, "kill_mode: must be one of 'control-group', 'process'"),
+        ({"exit_action": "reboot"}, "exit_action: must be one of 'none', 'poweroff'"),
+    ],
+)
+def test_bad_cgroup_and_exit_keys_name_the_key_and_the_fix(table: dict[str, object], message: str) -> None:
+    spec = files.from_table("svc", "/x/svc.toml", {"command": ["/bin/true"], **table})
+    assert spec.error.startswith(f"/x/svc.toml: {message}"), spec.error
