@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from test_pid1_boot import pack
 
 from guestinit.host import qemu
 from guestinit.host.boot import DEFAULT_APPEND, combine_initrd, resolve_kernel
@@ -87,20 +88,7 @@ def agent_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = work / "tree"
     (tree / "usr/bin").mkdir(parents=True)
     shutil.copy2(exe, tree / "usr/bin/kata-agent")
-    return _cpio(tree, work / "agent.cpio")
-
-
-def _cpio(tree: Path, out: Path) -> Path:
-    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
-    with open(out, "wb") as f:
-        subprocess.run(
-            ["cpio", "-o", "-H", "newc", "--owner=0:0", "--quiet"],
-            input="\n".join(names).encode(),
-            cwd=tree,
-            stdout=f,
-            check=True,
-        )
-    return out
+    return pack(tree, work / "agent.cpio")
 
 
 class Vm:
@@ -184,7 +172,7 @@ def test_the_standin_agent_finds_everything_its_own_init_mode_would_give_it(
     (tree / "usr/local/bin").mkdir(parents=True)
     (tree / "usr/local/bin/daemon").write_text(DAEMON)
     (tree / "usr/local/bin/daemon").chmod(0o755)
-    extra = _cpio(tree, tmp_path / "extra.cpio")
+    extra = pack(tree, tmp_path / "extra.cpio")
     vm = vm_factory(f"loglevel=7 {KATA_CMDLINE} agent.standin_cgroup={CGROUPS_PATH}", (extra,))
     assert vm.until(lambda: vm.first("READY") or vm.exited(), 240), vm.why()
     ready = vm.first("READY")

@@ -32,17 +32,12 @@
 #endif
 #define MAX_DEPTH 16
 
+/* A cgroup file's text without its trailing newline. */
 static char *slurp(const char *path) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return NULL;
-    struct buf b = {0};
-    char tmp[4096];
-    ssize_t n;
-    while ((n = read(fd, tmp, sizeof(tmp))) > 0) buf_put(&b, tmp, (size_t)n);
-    close(fd);
-    if (!b.data) buf_put(&b, "", 0);
-    while (b.len && (b.data[b.len - 1] == '\n' || b.data[b.len - 1] == ' ')) b.data[--b.len] = 0;
-    return b.data;
+    char *text = read_text(path);
+    size_t n = text ? strlen(text) : 0;
+    while (n && (text[n - 1] == '\n' || text[n - 1] == ' ')) text[--n] = 0;
+    return text;
 }
 
 /* Write text to a cgroup file; 0, or the errno. */

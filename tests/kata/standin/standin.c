@@ -107,7 +107,7 @@ void buf_free(struct buf *b) {
     b->len = b->cap = 0;
 }
 
-static char *read_text(const char *path) {
+char *read_text(const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return NULL;
     struct buf b = {0};

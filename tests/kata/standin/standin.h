@@ -22,6 +22,8 @@ void buf_str(struct buf *b, const char *s);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_json_string(struct buf *b, const char *s);
 void buf_free(struct buf *b);
+/* A file's whole text (NULL when it cannot be opened); the caller frees it. */
+char *read_text(const char *path);
 
 /* ttrpc server (ttrpc.c): serve until the deadline (monotonic seconds; <0 = forever).
  * Returns 0 at the deadline, -1 on a fatal error. */
