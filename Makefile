@@ -17,7 +17,7 @@ HOST_PACKAGES := qemu-system-x86 qemu-utils cpio zstd kmod busybox-static erofs-
 PYTEST_ARGS ?=
 export GUESTINIT_CACHE := $(CACHE)
 
-.PHONY: all setup host-packages mkosi venv proto run test lint unit boot-tests bench build clean docs
+.PHONY: all setup host-packages mkosi venv proto run test lint unit fuzz fuzz-short boot-tests bench build clean docs
 
 all: run
 
@@ -65,7 +65,17 @@ unit: setup
 boot-tests: setup
 	$(VENV)/bin/pytest -m boot $(PYTEST_ARGS)
 
-test: lint unit boot-tests
+# Every tests/fuzz/fuzz_*.py target under atheris (libFuzzer), or hypothesis where atheris is
+# missing: FUZZ_TOTAL executions spread over the targets, one summary line each; exit 1 on a finding.
+FUZZ_TOTAL ?= 1000000
+fuzz: setup
+	$(VENV)/bin/python tests/fuzz/run.py --total $(FUZZ_TOTAL)
+
+# The short pass `make test` runs: a few thousand executions a target.
+fuzz-short: setup
+	$(VENV)/bin/python tests/fuzz/run.py --runs 3000 --max-time 30
+
+test: lint unit fuzz-short boot-tests
 
 bench: setup
 	$(VENV)/bin/guestctl bench --runs 3 --json build/bench.json --svg build/bench.svg

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from guestinit.host import qemu
 from guestinit.host.errors import UserError
-from guestinit.host.listen import Listener, Message
+from guestinit.host.listen.listener import Listener
+from guestinit.host.listen.messages import Message
 
 DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio")
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     # Subcommands implemented in their own modules take their own argument parsers.
     passthrough = {
         "build": ("guestinit.host.build.cli", "main"),
-        "listen": ("guestinit.host.listen_cli", "main"),
+        "listen": ("guestinit.host.listen.cli", "main"),
         "plan": ("guestinit.host.plan.planner", "main"),
         "deploy": ("guestinit.host.kata.deploy", "deploy_main"),
         "rollback": ("guestinit.host.kata.deploy", "rollback_main"),

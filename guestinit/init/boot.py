@@ -93,10 +93,10 @@ def early(state: BootState) -> None:
                 state.problems.append("lo not up")
     with state.timeline.phase("cmdline"):
         state.toml_cache = tomlfiles.read_cache(root) if root.exists(tomlfiles.CONFIG_DIR) else {}
-        image = settings.load(root, state.toml_cache)
-        state.config = params.parse_cmdline(root.read_text("/proc/cmdline", ""), defaults=image.values)
+        # the same reading as `guestinit check`: never raises for what the files hold
+        state.config = settings.read_config(root, state.toml_cache, root.read_text("/proc/cmdline", ""))
         log.level = LEVELS[state.config.text("log")]
-        for problem in [*image.problems, *state.config.problems]:
+        for problem in state.config.problems:
             state.problem(problem)
 
 
@@ -203,6 +203,11 @@ def start_services(state: BootState) -> None:
         sup = state.supervisor = services.load(
             state, state.loop, state.reaper, ring, state.toml_cache, generated, state.cgroups
         )
+        # An unusable service file or a cycle fails that service alone (degraded, or the VM if
+        # it says critical = true): its reason goes to the host in STATUS=.
+        for svc in sup.services.values():
+            if svc.spec.error and svc.state != "disabled":
+                state.problems.append(svc.spec.error)
         sup.start()
         state.loop.run_until(
             lambda: sup.settled() or bool(state.shutdown_why or sup.critical_failure() or sup.exit_request)

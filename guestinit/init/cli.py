@@ -5,6 +5,8 @@ guestinit version          print the version
 guestinit params [--markdown]   the kernel command-line reference
 guestinit probe [--root DIR] [--json]   what this machine's GPUs and BARs look like
 guestinit services [--root DIR] [--markdown|--keys|--json]   check service files, or the reference
+guestinit check [--root DIR] [--cmdline TEXT] [--json]   check guestinit.toml, service files and a
+                           command line as boot reads them (exit 1 when anything is unusable)
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def tool(argv: list[str]) -> int:
         from guestinit.init.services.cli import main as services_main
 
         return services_main(argv[1:])
+    if argv[:1] == ["check"]:
+        from guestinit.init.check import main as check_main
+
+        return check_main(argv[1:])
     import argparse
 
     from guestinit import __version__
@@ -48,6 +54,7 @@ def tool(argv: list[str]) -> int:
     # routed above to their own parsers; listed here so --help shows them
     sub.add_parser("probe", help="read-only report of GPUs, BARs, hugepages and the mode (see probe --help)")
     sub.add_parser("services", help="check and document service files (see services --help)")
+    sub.add_parser("check", help="check guestinit.toml, service files and a command line (see check --help)")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(__version__)

@@ -15,11 +15,13 @@ from guestinit.init.paramtypes import (
     ParamError,
     boolean,
     choice,
-    csv,
+    csv_of,
     seconds_between,
-    string,
     whole_between,
 )
+from guestinit.init.problems import ERROR, WARNING, Problem, excerpt
+from guestinit.init.services.keys import valid_name
+from guestinit.notify.address import AddressError, parse_target
 
 PREFIX = "guestinit."
 
@@ -29,17 +31,50 @@ _seconds = seconds_between(0, 86400)
 _kib = whole_between(16, 1048576, "KiB")
 
 
+CMDLINE = "kernel command line"
+MAX_ADDRESS = 256
+
+
+def notify_address(text: str) -> str:
+    """A notify address as guestinit.notify= takes it (notify/address.py), or "" for none."""
+    if not text:
+        return text
+    if len(text) > MAX_ADDRESS or not text.isprintable():
+        raise ParamError(
+            f"{excerpt(text)} is not a notify address (printable, at most {MAX_ADDRESS} characters)"
+        )
+    try:
+        parse_target(text)
+    except AddressError as exc:
+        raise ParamError(str(exc)) from None
+    return text
+
+
+def module_name(text: str) -> str:
+    """A kernel module name: letters, digits, _ and - (at most 55, the kernel's MODULE_NAME_LEN)."""
+    if not 0 < len(text) <= 55 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in text):
+        raise ParamError("use letters, digits, _ and -, at most 55")
+    return text
+
+
+def service_name(text: str) -> str:
+    if not valid_name(text):
+        raise ParamError("use letters, digits, _ . @ -, at most 64")
+    return text
+
+
 MODES = ("auto", "cpu", "gpu", "gpu-nvl4", "gpu-nvl5", "servicevm-nvl4", "servicevm-nvl5")
 
 PARAMS: tuple[Param, ...] = (
     Param(
         "notify",
         "address",
-        string,
+        notify_address,
         "",
-        "Where to send the readiness message: vsock[-stream|-seqpacket|-dgram]:CID:PORT, "
-        "serial:NAME, unix:PATH, console or off. Empty: systemd's vmm.notify_socket credential, "
-        "else the virtio-serial port named guestinit.notify, else the console.",
+        "Where to send the readiness message: vsock[-stream|-seqpacket|-dgram]:CID:PORT (CID and "
+        "PORT 0..4294967294), serial:NAME, unix:PATH, console or off. Empty (or not valid): "
+        "systemd's vmm.notify_socket credential, else the virtio-serial port named guestinit.notify, "
+        "else the console.",
     ),
     Param(
         "log",
@@ -58,7 +93,7 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "modules",
         "list",
-        csv,
+        csv_of(module_name, "a module name"),
         (),
         "Extra kernel modules to load at boot, comma-separated (dependencies load first).",
     ),
@@ -89,7 +124,7 @@ PARAMS: tuple[Param, ...] = (
     Param(
         "disable",
         "list",
-        csv,
+        csv_of(service_name, "a service name"),
         (),
         "Services (names of /etc/guestinit/services.d/NAME.toml) not to start, comma-separated.",
     ),
@@ -159,20 +194,51 @@ class Config:
         return value
 
 
+def _text_form(value: str) -> str:
+    """A string from TOML as the kernel command line could carry it: no NUL or line breaks."""
+    if "\0" in value or "\n" in value or "\r" in value:
+        raise ParamError(f"{excerpt(value)} contains a NUL byte or a line break: remove it")
+    return value
+
+
 def coerce(param: Param, value: object) -> object:
     """A typed value (from TOML) checked against a key's type; strings go through its parser."""
     if isinstance(value, str):
-        return param.parse(value)
+        return param.parse(_text_form(value))
     if param.kind == "bool" and isinstance(value, bool):
         return value
     if param.kind != "bool" and isinstance(value, int | float) and not isinstance(value, bool):
         return param.parse(str(value))  # seconds, KiB, MHz, ... as TOML numbers
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        if param.kind == "list":
-            return tuple(v.strip() for v in value if v.strip())
-        if param.kind.endswith(",..."):  # a comma-separated kind (hugepages, nvidia.extra)
-            return param.parse(",".join(value))
-    raise ParamError(f"{value!r} is not a {param.kind}")
+    listed = param.kind == "list" or param.kind.endswith(",...")  # hugepages, nvidia.extra
+    if isinstance(value, list) and listed:
+        if not all(isinstance(v, str) for v in value):
+            raise ParamError(f"{excerpt(value)} is not a list of strings: write each item in quotes")
+        if any("," in v for v in value):
+            raise ParamError(f"{excerpt(value)}: an item holds a comma: give one item a string")
+        return param.parse(",".join(_text_form(v) for v in value))
+    raise ParamError(f"{excerpt(value)} is {_a(value)}, not {_a_kind(param)}")
+
+
+def _a(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
+
+
+def _a_kind(param: Param) -> str:
+    if param.kind == "bool":
+        return "true or false"
+    if param.kind == "list":
+        return 'a list of strings (e.g. ["a", "b"]) or one comma-separated string'
+    return f"{param.kind} (a string, e.g. as on the kernel command line)"
 
 
 def parse_cmdline(
@@ -193,15 +259,34 @@ def parse_cmdline(
         raw[name] = text
         param = by_name.get(name)
         if param is None:
-            problems.append(f"unknown key {key}: ignored (see `guestinit params` for the list)")
+            problems.append(
+                Problem(
+                    f"unknown key {key if len(key) <= 60 and key.isprintable() else excerpt(key)}: ignored "
+                    "(see `guestinit params` for the list)",
+                    CMDLINE,
+                    name,
+                    WARNING,
+                )
+            )
             continue
         if not sep and param.kind == "bool":
             text = "on"
         try:
             values[name] = param.parse(text)
         except ParamError as exc:
-            problems.append(f"{key}={text}: {exc}; using the default {values[name]!r}")
+            given = f"{key}={text}" if len(text) <= 40 and text.isprintable() else key  # exc shows it
+            problems.append(
+                Problem(f"{given}: {exc}; using the default {_shown(values[name])}", CMDLINE, name, ERROR)
+            )
     return Config(values, problems, raw)
+
+
+def _shown(value: object) -> str:
+    """A default or parsed value in a message (tuples of requests shown as written)."""
+    if isinstance(value, tuple):
+        text = repr(value)
+        return text if len(text) <= 80 else f"a list of {len(value)}"
+    return excerpt(value)
 
 
 def reference_markdown(table: tuple[Param, ...] = PARAMS) -> str:

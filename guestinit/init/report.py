@@ -6,9 +6,11 @@ with exponential back-off (50 ms doubling to ``max_backoff_s``) for as long as t
 Messages go out in order; a message half-written to a byte stream is finished, never repeated.
 ``flush`` (before power-off) retries at once until its deadline.
 
-Transports (guestinit.notify.address): AF_VSOCK stream / seqpacket / datagram, AF_UNIX datagram
-(stream accepted), a virtio-serial port by name (messages end with an empty line) and the
-console (one marked JSON line, the last resort).
+Transports (guestinit.notify.address): AF_VSOCK stream / seqpacket / datagram, sent as systemd's
+sd_notify sends them (a privileged source port; one whole record per seqpacket message, whose
+sender waits for the listener to close), AF_UNIX datagram (stream accepted), a virtio-serial
+port by name (messages end with an empty line) and the console (one marked JSON line, the last
+resort).
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ TYPE_CHECKING = False  # threading is imported with the first retry thread; mypy
 if TYPE_CHECKING:
     import threading
 
-__all__ = ["CONSOLE_MARK", "SERIAL_PORT_NAME", "SendError", "Sender", "find_virtio_port"]
+__all__ = ["CONSOLE_MARK", "SERIAL_PORT_NAME", "SendError", "Sender", "find_virtio_port", "send_connected"]
 
 SERIAL_PORT_NAME = "guestinit.notify"
 INLINE_TIMEOUT_S = 0.5  # the attempt made on the boot path
 RETRY_TIMEOUT_S = 2.0  # attempts made by the background thread and by flush
 FIRST_BACKOFF_S = 0.05
 MAX_PENDING = 64  # messages waiting for a listener; the oldest unsent one goes first
+PRIVILEGED_PORT = 1023  # the first local port an AF_VSOCK sender tries to bind
 
 
 class SendError(OSError):
@@ -57,21 +60,60 @@ def find_virtio_port(sys_root: str, dev_root: str, name: str) -> str | None:
     return None
 
 
-def _send_vsock(target: Target, data: bytes, timeout_s: float) -> None:
-    kinds: tuple[int, ...]
-    if target.kind == "vsock":  # systemd: stream, falling back to seqpacket
-        kinds = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
-    elif target.kind == "vsock-seqpacket":
-        kinds = (socket.SOCK_SEQPACKET,)
-    elif target.kind == "vsock-dgram":
-        kinds = (socket.SOCK_DGRAM,)
+def _vsock_kinds(kind: str) -> tuple[int, ...]:
+    """Socket types to try, in order, for a vsock address kind. ``vsock:`` is read as systemd's
+    sd_notify reads it (datagram; seqpacket where the kernel has no vsock datagram transport, as
+    on virtio-vsock; stream where it has no seqpacket either), and we also move on when a
+    connection is refused, so a host listening on stream only (mkosi, systemd-vmspawn) still
+    hears it."""
+    if kind == "vsock":
+        return (socket.SOCK_DGRAM, socket.SOCK_SEQPACKET, socket.SOCK_STREAM)
+    if kind == "vsock-seqpacket":
+        return (socket.SOCK_SEQPACKET,)
+    if kind == "vsock-dgram":
+        return (socket.SOCK_DGRAM,)
+    return (socket.SOCK_STREAM,)
+
+
+def _bind_privileged_port(s: socket.socket) -> None:
+    """Bind the highest free port under 1024, as systemd's senders do: only root in the guest
+    may, so the host can tell a message from PID 1 from one of an unprivileged process. Best
+    effort: without it the kernel picks a port at connect()."""
+    for port in range(PRIVILEGED_PORT, 0, -1):
+        try:
+            s.bind((socket.VMADDR_CID_ANY, port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return
+
+
+def send_connected(s: socket.socket, address: tuple[int, int] | str, data: bytes, records: bool) -> None:
+    """Connect ``s``, send one message and end it, as sd_notify does on AF_VSOCK. On a seqpacket
+    socket (``records``) the message is one record, sent whole or not at all; after SHUT_WR the
+    sender waits (up to the socket's timeout) for the listener to close, which it does once it
+    has read the record. A listener that does not close costs that wait, never a second copy."""
+    s.connect(address)
+    if records:
+        sent = s.send(data)
+        if sent != len(data):
+            raise SendError(f"record cut at {sent} of {len(data)} bytes")
     else:
-        kinds = (socket.SOCK_STREAM,)
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    if records:
+        try:
+            s.recv(1)
+        except OSError:
+            pass
+
+
+def _send_vsock(target: Target, data: bytes, timeout_s: float) -> None:
     last: OSError | None = None
-    for kind in kinds:
+    for kind in _vsock_kinds(target.kind):
         try:
             s = socket.socket(socket.AF_VSOCK, kind)
-        except OSError as exc:
+        except OSError as exc:  # ENODEV: no transport for this type (virtio-vsock: datagrams)
             last = exc
             continue
         try:
@@ -79,10 +121,8 @@ def _send_vsock(target: Target, data: bytes, timeout_s: float) -> None:
             if kind == socket.SOCK_DGRAM:
                 s.sendto(data, (target.cid, target.port))
                 return
-            s.connect((target.cid, target.port))
-            s.sendall(data)
-            if kind == socket.SOCK_STREAM:
-                s.shutdown(socket.SHUT_WR)
+            _bind_privileged_port(s)
+            send_connected(s, (target.cid, target.port), data, kind == socket.SOCK_SEQPACKET)
             return
         except OSError as exc:
             last = exc

@@ -7,8 +7,11 @@ Guest-side targets (where the guest sends):
   console              one marked line on /dev/console (the last resort)
   unix:PATH / PATH     an AF_UNIX socket (datagram, as sd_notify(3) sends; stream accepted)
   off                  send nothing
-systemd reads ``vsock:`` as "stream, falling back to seqpacket" and an address starting with
-``/`` or ``@`` as an AF_UNIX socket; we read them the same way.
+systemd's sd_notify sends to ``vsock:`` as a datagram, falling back to seqpacket where the
+kernel has no vsock datagram transport (virtio-vsock has none) and to stream where it has no
+seqpacket either; guestinit.init.report does the same and also falls back to stream when a
+seqpacket connection is refused. An address starting with ``/`` or ``@`` is an AF_UNIX socket,
+for systemd and for us.
 """
 
 from __future__ import annotations
@@ -58,12 +61,15 @@ FORMS = "vsock[-stream|-seqpacket|-dgram]:CID:PORT, serial:NAME, unix:PATH, cons
 
 
 def _number(text: str, what: str, address: str, limit: int) -> int:
+    shown = address if len(address) <= 60 else f"{address[:60]}… ({len(address)} characters)"
+    if len(text) > 12:  # 0xFFFFFFFE is 10 characters; never hand int() thousands of digits
+        raise AddressError(f"notify address {shown!r}: {what} is not a number of at most 10 digits")
     try:
         value = int(text, 0)
     except ValueError:
-        raise AddressError(f"notify address {address!r}: {what} {text!r} is not a number") from None
+        raise AddressError(f"notify address {shown!r}: {what} {text!r} is not a number") from None
     if not 0 <= value <= limit:
-        raise AddressError(f"notify address {address!r}: {what} {value} out of range 0..{limit}")
+        raise AddressError(f"notify address {shown!r}: {what} {value} out of range 0..{limit}")
     return value
 
 
@@ -81,8 +87,9 @@ def parse_target(address: str) -> Target:
         cid_text, sep, port_text = rest.rpartition(":")
         if not sep or not cid_text:
             raise AddressError(f"notify address {address!r}: expected {kind}:CID:PORT")
-        cid = _number(cid_text, "CID", address, 0xFFFFFFFF)
-        port = _number(port_text, "port", address, 0xFFFFFFFF)
+        # -1 (VMADDR_CID_ANY, VMADDR_PORT_ANY) names no peer to send to
+        cid = _number(cid_text, "CID", address, VMADDR_CID_ANY - 1)
+        port = _number(port_text, "port", address, 0xFFFFFFFE)
         return Target(kind, cid=cid, port=port)
     if kind == "serial":
         if not rest or "/" in rest:

@@ -96,7 +96,16 @@ def loads(text: str) -> object:
     scan = make_scanner(_Context())  # type: ignore[arg-type]
     start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
-        value, end = scan(text, start)
+        try:
+            value, end = scan(text, start)
+        except SystemError:
+            # CPython 3.11's scanner reports an error inside a string (a control character, a
+            # bad escape, no closing quote) with json.decoder.JSONDecodeError, which it looks up
+            # in sys.modules without importing it: before anything imported json, that error
+            # comes out as SystemError. A rare path: import it and scan again.
+            import json.decoder
+
+            value, end = scan(text, start)
     except StopIteration as exc:
         raise ValueError(f"invalid JSON at offset {exc.value}") from None
     rest = text[end:].strip(" \t\n\r")

@@ -22,6 +22,40 @@ MAX_CONSOLE_LINE_BYTES = MAX_MESSAGE_BYTES
 PROTOCOL_ONLY_KEYS = frozenset({"BARRIER"})
 
 
+# How much of a rejected value a report quotes.
+SHOWN_CHARS = 40
+
+
+def decimal(text: str, maximum: int) -> int | None:
+    """``text`` as a plain decimal number 0..``maximum``, or None. Only ASCII digits, at most as
+    many as ``maximum`` has, and no leading zero: no sign, space, underscore or other script's
+    digit (``int()`` takes all of those), and nothing a reader could take for octal (systemd's
+    ``safe_atou`` reads ``010`` as 8)."""
+    if not 0 < len(text) <= len(str(maximum)) or not (text.isascii() and text.isdigit()):
+        return None
+    if text[0] == "0" and len(text) > 1:
+        return None
+    value = int(text)
+    return value if value <= maximum else None
+
+
+def shown(value: str) -> str:
+    """``value`` quoted for a one-line report: escaped to ASCII (control, bidi and non-ASCII
+    characters as ``\\x..``/``\\u....``) and cut to ``SHOWN_CHARS`` characters."""
+    if len(value) <= SHOWN_CHARS:
+        return ascii(value)
+    return f"{value[:SHOWN_CHARS]!a}... ({len(value)} characters)"
+
+
+def exit_status(value: str) -> int:
+    """The number in ``EXIT_STATUS=``: plain decimal 0..255. ValueError naming what was received
+    (escaped, bounded) for anything else."""
+    status = decimal(value, 255)
+    if status is None:
+        raise ValueError(f"EXIT_STATUS={shown(value)} is not a decimal number 0..255")
+    return status
+
+
 def _valid_key(key: str) -> bool:
     return (
         0 < len(key) <= MAX_KEY_BYTES
@@ -128,6 +162,15 @@ def encode_console_line(fields: dict[str, str]) -> bytes:
     return line
 
 
+def _utf8(text: str) -> bool:
+    """False for a str UTF-8 cannot carry: JSON's \\uD800-\\uDFFF escapes make lone surrogates."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_console_line(line: bytes) -> Parsed | None:
     """The message in one console line, or None when the line carries no mark. Kernel output
     may precede the mark on the same line; what follows it must be one JSON object of strings.
@@ -159,6 +202,8 @@ def parse_console_line(line: bytes) -> Parsed | None:
             out.dropped.append(f"console key {number}: invalid key {key[:MAX_KEY_BYTES]!r}")
         elif "\n" in value or "\0" in value:
             out.dropped.append(f"console key {number}: newline or NUL in value of {key}")
+        elif not _utf8(value):
+            out.dropped.append(f"console key {number}: value of {key} is not UTF-8 (a lone surrogate)")
         else:
             out.fields[key] = value
     return out

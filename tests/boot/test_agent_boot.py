@@ -25,7 +25,7 @@ from test_pid1_boot import pack
 
 from guestinit.host import qemu
 from guestinit.host.boot import DEFAULT_APPEND, combine_initrd, resolve_kernel
-from guestinit.host.listen import Listener
+from guestinit.host.listen.listener import Listener
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kata"))  # the stand-in's harness
 from standin_harness import EXIT_MARKER, REPORT_MARKER, build_standin, console_report

@@ -4,7 +4,8 @@
    ``vsock-stream:1:PORT``; guestinit sends READY over the AF_VSOCK loopback (CID 1) to the real
    host Listener running inside the guest (tests/boot/test_notify_guest.py), which relays it to
    the host over virtio-serial. The same boot measures READY latency on every transport it can:
-   AF_VSOCK loopback (in the guest, one clock), virtio-serial and console (by round trip).
+   AF_VSOCK loopback (in the guest, one clock) to a stream and a seqpacket listener, for every
+   vsock address kind, virtio-serial and console (by round trip).
 2. The credential on the kernel command line names ``console``: READY and, on power-off,
    X_SYSTEMD_SHUTDOWN arrive as marked console lines, which ``guestctl boot`` reads.
 """
@@ -25,12 +26,15 @@ from pathlib import Path
 import pytest
 
 from guestinit.host.boot import BootOptions, BootResult, boot, format_timeline, timeline
-from guestinit.host.listen import Listener, Message
+from guestinit.host.listen.listener import Listener
+from guestinit.host.listen.messages import Message
 
 pytestmark = pytest.mark.boot
 
 REPO = Path(__file__).resolve().parents[2]
-VSOCK_PORT = 7777  # tests/boot/test_notify_guest.py listens here
+VSOCK_PORT = 7777  # tests/boot/test_notify_guest.py listens here (stream)
+SEQPACKET_PORT = 7778  # and here (seqpacket)
+PROBES_PER_KIND = 30  # its PROBES
 PINGS = 20
 
 TEST_INIT = b"""#!/usr/bin/python3 -I
@@ -68,8 +72,10 @@ def newc(entries: list[tuple[str, int, bytes]]) -> bytes:
 
 
 def relay_initrd(path: Path) -> Path:
-    """/test-init, the guest program and a copy of the host listener (test-only content)."""
+    """/test-init, the guest program and a copy of the host listener package with the one host
+    module it imports (test-only content)."""
     dist = "usr/lib/python3/dist-packages/guestinit/host"
+    package = REPO / "guestinit/host/listen"
     entries = [
         ("test-init", 0o100755, TEST_INIT),
         ("test", 0o040755, b""),
@@ -77,10 +83,22 @@ def relay_initrd(path: Path) -> Path:
         (dist, 0o040755, b""),
         (f"{dist}/__init__.py", 0o100644, b""),
         (f"{dist}/errors.py", 0o100644, (REPO / "guestinit/host/errors.py").read_bytes()),
-        (f"{dist}/listen.py", 0o100644, (REPO / "guestinit/host/listen.py").read_bytes()),
+        (f"{dist}/listen", 0o040755, b""),
+    ]
+    entries += [
+        (f"{dist}/listen/{module.name}", 0o100644, module.read_bytes())
+        for module in sorted(package.glob("*.py"))
     ]
     path.write_bytes(newc(entries))
     return path
+
+
+def test_relay_initrd_carries_the_whole_listener_package(tmp_path: Path) -> None:
+    """Every module of guestinit/host/listen is in the extra initrd (what the package may
+    import is checked by tests/host/test_listen_package.py)."""
+    data = relay_initrd(tmp_path / "relay.cpio").read_bytes()
+    for module in (REPO / "guestinit/host/listen").glob("*.py"):
+        assert f"guestinit/host/listen/{module.name}\0".encode() in data, module.name
 
 
 def wait_message(listener: Listener, want: Callable[[Message], bool], until: float) -> Message:
@@ -165,16 +183,27 @@ def test_ready_over_vsock_loopback_from_smbios_credential(kata_image: Path, tmp_
     assert result.notify["X_RELAY_SOURCE"].startswith(f"vsock:{VSOCK_PORT} cid ")
     assert relayed["READY"] == "1" and relayed["X_GUESTINIT_VERSION"]
     vsock = json.loads(result.notify["X_RELAY_VSOCK"])
-    assert vsock["vsock-stream"]["n"] == 30 and vsock["vsock"]["n"] == 30, vsock
+    stream, seqpacket = f"vsock:{VSOCK_PORT} cid 1", f"vsock-seqpacket:{SEQPACKET_PORT} cid 1"
+    for address, endpoint in (
+        (f"vsock-stream:1:{VSOCK_PORT}", stream),
+        (f"vsock-seqpacket:1:{SEQPACKET_PORT}", seqpacket),
+        (f"vsock:1:{SEQPACKET_PORT}", seqpacket),  # systemd's reading of vsock: on virtio-vsock
+        (f"vsock:1:{VSOCK_PORT}", stream),  # and our fall back to a stream listener
+    ):
+        assert vsock[address]["n"] == PROBES_PER_KIND and vsock[address]["sources"] == [endpoint], vsock
+    assert vsock[f"vsock-seqpacket:1:{VSOCK_PORT}"]["n"] == 0  # a type mismatch is refused
+    assert vsock[f"vsock-dgram:1:{VSOCK_PORT}"]["n"] == 0  # virtio-vsock has no datagrams
+    # guestinit (PID 1, root) sent from a privileged source port, as systemd's sd_notify does.
+    assert int(result.notify["X_RELAY_SOURCE"].rsplit(" port ", 1)[1]) < 1024
     assert result.notify["X_RELAY_PONGS"] == str(2 * PINGS)
     print(f"\nREADY latency, guest send -> host report ({result.accel}):")
-    for kind, entry in vsock.items():
+    for kind, entry in vsock.items():  # kind: the guest's address
         detail = (
             f"median {entry['median_ms']} ms, p90 {entry['p90_ms']}, max {entry['max_ms']}"
             if entry["n"]
             else ""
         )
-        print(f"  {kind + ':1:' + str(VSOCK_PORT):24} n={entry['n']:<3} {detail} {entry['error']}")
+        print(f"  {kind:24} n={entry['n']:<3} {detail} {entry['error']}")
     print(f"  virtio-serial round trip      {ms(serial_rtt)}")
     print(f"  virtio-serial one way (upper) {ms(serial_oneway)}")
     print(f"  console round trip            {ms(console_rtt)}")

@@ -6,12 +6,14 @@ this file and its imports use nothing else (no statistics, no pathlib).
 The test boots the Kata image with ``rdinit=/test-init``. /test-init forks this program and
 execs the real /init (guestinit, still PID 1). This program then:
 
-1. starts the real host Listener (a copy of guestinit/host/listen.py in the extra initrd) on
-   AF_VSOCK port VSOCK_PORT, as soon as guestinit has loaded the vsock modules;
+1. starts the real host Listener (a copy of the package guestinit/host/listen in the extra
+   initrd) on AF_VSOCK stream port VSOCK_PORT and seqpacket port SEQPACKET_PORT, as soon as
+   guestinit has loaded the vsock modules;
 2. waits for guestinit's own READY: guestinit found ``vsock-stream:1:VSOCK_PORT`` in systemd's
    vmm.notify_socket credential (SMBIOS type 11) and sent it over the vsock loopback (CID 1);
 3. measures send-to-report latency over AF_VSOCK loopback with the real Sender and Listener
-   (same process, same clock) for each vsock address kind;
+   (same process, same clock) for each vsock address kind (PROBE_PLAN), and notes which
+   endpoint each arrived on;
 4. answers the host's pings over the virtio-serial port ``test.pong`` and the console, so the
    host can measure the serial and console transports by round trip;
 5. relays guestinit's READY and the measurements to the host over the port ``guestinit.notify``.
@@ -27,8 +29,19 @@ import time
 import traceback
 
 VSOCK_PORT = 7777
+SEQPACKET_PORT = 7778
 PROBES = 30
-KINDS = ("vsock-stream", "vsock", "vsock-seqpacket", "vsock-dgram")
+# (guest address kind, port): stream and seqpacket each to their listener; vsock: as systemd
+# reads it (seqpacket on virtio-vsock) and its fall back to a stream listener; a type mismatch
+# (refused) and datagrams (virtio-vsock has none).
+PROBE_PLAN = (
+    ("vsock-stream", VSOCK_PORT),
+    ("vsock-seqpacket", SEQPACKET_PORT),
+    ("vsock", SEQPACKET_PORT),
+    ("vsock", VSOCK_PORT),
+    ("vsock-seqpacket", VSOCK_PORT),
+    ("vsock-dgram", VSOCK_PORT),
+)
 
 
 def boottime() -> float:
@@ -47,30 +60,33 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def measure_vsock(listener: object) -> dict[str, object]:
-    from guestinit.host.listen import Listener
+    from guestinit.host.listen.listener import Listener
     from guestinit.init.report import Sender
     from guestinit.notify.address import Target
 
     assert isinstance(listener, Listener)
     results: dict[str, object] = {}
-    for kind in KINDS:
-        sender = Sender(Target(kind, cid=1, port=VSOCK_PORT))
+    for kind, port in PROBE_PLAN:
+        address = f"{kind}:1:{port}"
+        sender = Sender(Target(kind, cid=1, port=port))
         latencies: list[float] = []
+        sources: set[str] = set()
         error = ""
         for i in range(PROBES):
             start = time.monotonic()
-            if not sender.send({"X_PROBE": f"{kind} {i}"}):
+            if not sender.send({"X_PROBE": f"{address} {i}"}):
                 error = sender.last_error
                 break
             msg = listener.get(timeout=5)
-            if msg is None or msg.fields.get("X_PROBE") != f"{kind} {i}":
+            if msg is None or msg.fields.get("X_PROBE") != f"{address} {i}":
                 error = f"probe {i} not received: {msg}"
                 break
             latencies.append(msg.received - start)
-        entry: dict[str, object] = {"n": len(latencies), "error": error}
+            sources.add(msg.source.split(" port ")[0])  # the peer port changes, the endpoint not
+        entry: dict[str, object] = {"n": len(latencies), "error": error, "sources": sorted(sources)}
         if latencies:
             entry.update(stats(latencies))
-        results[kind] = entry
+        results[address] = entry
     return results
 
 
@@ -116,13 +132,13 @@ def main() -> None:
     host = Sender(Target("serial", path="guestinit.notify"))
     try:
         from guestinit.host.errors import UserError
-        from guestinit.host.listen import Listener
+        from guestinit.host.listen.listener import Listener
 
         deadline = time.monotonic() + 120
         listener = None
         while listener is None:  # AF_VSOCK exists once guestinit has loaded vsock.ko
             try:
-                listener = Listener([f"vsock:{VSOCK_PORT}"]).start()
+                listener = Listener([f"vsock:{VSOCK_PORT}", f"vsock-seqpacket:{SEQPACKET_PORT}"]).start()
             except UserError:
                 if time.monotonic() > deadline:
                     raise

@@ -336,7 +336,7 @@ def test_ctrl_alt_del_is_the_same_clean_shutdown(kata_image: Path, tmp_path: Pat
 
     from guestinit.host import qemu
     from guestinit.host.boot import DEFAULT_APPEND, combine_initrd, resolve_kernel
-    from guestinit.host.listen import Listener
+    from guestinit.host.listen.listener import Listener
 
     initrd = combine_initrd(kata_image, [cpio(tmp_path, ORDERED)], tmp_path / "initrd.img")
     cfg = qemu.QemuConfig(

@@ -12,6 +12,7 @@ import fuzz_agent_elf
 import pytest
 
 from guestinit.host.agentsource import disk, elf
+from guestinit.host.agentsource.cpio import CpioTree
 from guestinit.host.agentsource.trees import TreeError
 
 SECTOR = 512
@@ -71,3 +72,14 @@ def test_disk_reader_refuses_hostile_gpt(tmp_path, damage) -> None:  # type: ign
     (tmp_path / "d.img").write_bytes(damage(fuzz_agent_disk.SEEDS[1]))
     with pytest.raises(TreeError):
         disk.data_partition(tmp_path / "d.img")
+
+
+def test_cpio_header_with_a_signed_field_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Found by `make fuzz`: a mode field of "-000A1FF" parsed as a negative mode, and
+    stat.S_ISLNK raised OverflowError; every field must be eight hex digits."""
+    seed = bytearray(fuzz_agent_cpio.SEEDS[1])
+    seed[14:22] = b"-000A1FF"
+    (tmp_path / "a.cpio").write_bytes(bytes(seed))
+    with pytest.raises(TreeError, match="corrupt cpio header at offset 0"):
+        CpioTree(tmp_path / "a.cpio")
+    fuzz_agent_cpio.TestOneInput(bytes(seed))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from guestinit.init import params, settings
 from guestinit.init.gpu import params as gpu_params
 from guestinit.init.gpu import pci, topology
+from guestinit.init.root import Root
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,3 +95,63 @@ def test_cpu_boot_path_imports_no_gpu_code(tmp_path: Path) -> None:
         [sys.executable, "-I", "-S", "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert out.stdout.split("\n")[0] == "cpu []"
+
+
+def test_hugepage_sizes_are_the_ones_x86_64_offers() -> None:
+    assert gpu_params.parse_size_kb("2M") == 2048 and gpu_params.parse_size_kb("1GiB") == 1 << 20
+    assert gpu_params.parse_size_kb("2048kB") == 2048
+    for text, why in (
+        ("4K", "(4K is the base page size)"),
+        ("3K", "is not a hugepage size of x86-64"),
+        ("0M", "is not a hugepage size of x86-64"),
+        ("16G", "is not a hugepage size of x86-64"),
+        ("2", "is not a page size"),
+        ("9" * 5000 + "M", "is not a page size"),
+    ):
+        with pytest.raises(params.ParamError, match=re.escape(why)):
+            gpu_params.parse_size_kb(text)
+
+
+def test_hugepage_counts_and_nodes_are_bounded() -> None:
+    assert [str(r) for r in gpu_params.parse_requests("2M:0,1G:4294967295@1023")] == [
+        "2M:0",
+        "1G:4294967295@1023",
+    ]
+    for text, why in (
+        ("2M:4294967296", "count 4294967296 is above 4294967295"),
+        ("2M:" + "1" * 4400, "has more than 10 digits"),
+        ("2M:-1", "count '-1' is not a whole number"),
+        ("2M:²", "count '²' is not a whole number"),
+        ("2M:1@1024", "NUMA node 1024 is above 1023"),
+        ("2M:1@x", "NUMA node 'x' is not a whole number"),
+    ):
+        with pytest.raises(params.ParamError, match=re.escape(why)):
+            gpu_params.parse_requests(text)
+
+
+def test_offered_sizes_come_from_the_roots_sysfs(tmp_path: Path) -> None:
+    root = Root(tmp_path)
+    assert gpu_params.offered_sizes(root) == ()  # an image tree: no list, nothing refused
+    requests = gpu_params.parse_requests("2M:8,1G:2")
+    assert gpu_params.unoffered(requests, ()) == ()
+    for entry in ("hugepages-2048kB", "hugepages-1048576kB", "hugepages-xkB", "other"):
+        (tmp_path / "sys/kernel/mm/hugepages" / entry).mkdir(parents=True)
+    assert gpu_params.offered_sizes(root) == (2048, 1 << 20)
+    assert gpu_params.unoffered(requests, (2048,)) == (requests[1],)
+
+
+@pytest.mark.parametrize(
+    ("word", "why"),
+    [
+        ("guestinit.nvidia.device_file_uid=4294967295", "4294967295 is not a numeric uid/gid"),
+        ("guestinit.nvidia.device_file_gid=" + "9" * 4400, "has more than 10 digits"),
+        ("guestinit.smi.lgc=100000", "is not MHz or MIN,MAX in MHz (1..99999"),
+        ("guestinit.smi.lgc=" + "1" * 4400, "is not MHz or MIN,MAX in MHz"),
+        ("guestinit.nvidia.extra=nvidia.NVreg_X=" + "a" * 2000, "is not MODULE.PARAM=VALUE"),
+        ("guestinit.nvidia.registry_dwords=" + "a" * 2000, "must be one word without quotes"),
+        ("guestinit.fabricmanager.config=/etc/" + "x" * 5000, "is not an absolute path without spaces"),
+    ],
+)
+def test_gpu_values_out_of_range_are_bounded_problems(word: str, why: str) -> None:
+    (problem,) = params.parse_cmdline(word).problems
+    assert why in problem and len(problem) <= 400 and "\n" not in problem

@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guestinit.host.errors import UserError
-from guestinit.host.listen import Endpoint, Limits, Listener, parse_endpoint
+from guestinit.host.listen.endpoint import Endpoint, parse_endpoint
+from guestinit.host.listen.limits import Limits
+from guestinit.host.listen.listener import Listener
 from guestinit.notify.message import encode, encode_console_line
 
 
@@ -253,7 +255,23 @@ def test_stale_socket_replaced_regular_file_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["nope", "vsock:x", "hvsock:/x", "hvsock:/x:y", "tcp:1:2", "vsock:0", "vsock:4294967295", "unix:@x"],
+    [
+        "nope",
+        "vsock:x",
+        "hvsock:/x",
+        "hvsock:/x:y",
+        "tcp:1:2",
+        "vsock:0",
+        "vsock:4294967295",
+        "unix:@x",
+        "vsock:1_0",
+        "vsock: 7",
+        "vsock:\u0663",
+        "vsock:0x10",
+        "vsock-seqpacket:",
+        "vsock-seqpacket:-1",
+        "vsock-stream:7",
+    ],
 )
 def test_bad_endpoint(text: str) -> None:
     with pytest.raises(UserError) as info:
@@ -264,6 +282,8 @@ def test_bad_endpoint(text: str) -> None:
 def test_endpoint_forms() -> None:
     # Parsing only: tests never bind AF_VSOCK on this host (its /dev/vsock is not ours).
     assert parse_endpoint("vsock:8888") == Endpoint("vsock", port=8888)
+    assert parse_endpoint("vsock-seqpacket:8888") == Endpoint("vsock-seqpacket", port=8888)
+    assert str(parse_endpoint("vsock-seqpacket:4294967294")) == "vsock-seqpacket:4294967294"
     assert parse_endpoint("hvsock:/run/fc/v.sock:1024") == Endpoint(
         "hvsock", path="/run/fc/v.sock", port=1024
     )
@@ -304,3 +324,112 @@ def test_guestctl_boot_vsock_addresses_agree() -> None:
     assert key == "guestinit.notify"
     assert parse_target(value) == Target("vsock-stream", cid=2, port=9123)
     assert parse_endpoint("vsock:9123") == Endpoint("vsock", port=9123)
+
+
+# vsock-seqpacket: systemd's seqpacket notify clients --------------------------------------
+
+
+@pytest.fixture
+def seqpacket_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """AF_VSOCK is never opened on this host: the vsock-seqpacket endpoint is opened as an AF_UNIX
+    SOCK_SEQPACKET socket instead, which keeps record boundaries, cuts a record longer than the
+    read and ends with a zero-length read the same way. Everything past opening the socket
+    (accepting, reading records, deadlines, closing) is the real listener's. The real AF_VSOCK
+    endpoint runs inside a guest: tests/boot/test_notify_guest.py."""
+    from guestinit.host.listen import listener as listener_module
+    from guestinit.host.listen import transports
+
+    path = tmp_path / "seq.sock"
+
+    def server(ep: Endpoint, paths: list[str]) -> socket.socket:
+        if ep.kind != "vsock-seqpacket":
+            return transports.server(ep, paths)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.bind(str(path))
+        sock.listen(16)
+        sock.setblocking(False)
+        return sock
+
+    monkeypatch.setattr(listener_module, "server", server)
+    return path
+
+
+def _seqpacket(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5)
+    s.connect(str(path))
+    return s
+
+
+def test_seqpacket_client_as_systemd_sends(seqpacket_path: Path) -> None:
+    """sd_notify on AF_VSOCK seqpacket: one record, SHUT_WR, then it waits for the listener to
+    close (a byte instead of EOF would be a protocol error to it)."""
+    with Listener(["vsock-seqpacket:7777"]) as listener:
+        with _seqpacket(seqpacket_path) as s:
+            s.send(b"READY=1\nSTATUS=Startup finished\nX_SYSTEMD_UNIT_ACTIVE=multi-user.target\n")
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(1) == b""  # the listener closed after the end of the connection
+        msg = listener.get(timeout=2)
+    assert msg is not None and msg.source == "vsock-seqpacket:7777"
+    assert msg.fields == {
+        "READY": "1",
+        "STATUS": "Startup finished",
+        "X_SYSTEMD_UNIT_ACTIVE": "multi-user.target",
+    }
+
+
+def test_seqpacket_each_record_is_one_message(seqpacket_path: Path) -> None:
+    with Listener(["vsock-seqpacket:7777"]) as listener:
+        with _seqpacket(seqpacket_path) as s:
+            s.send(b"STATUS=one")  # no final newline: records are not joined
+            s.send(b"READY=1")
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(1) == b""
+        got = [listener.get(timeout=2), listener.get(timeout=2)]
+    assert [m.fields if m else None for m in got] == [{"STATUS": "one"}, {"READY": "1"}]
+
+
+def test_seqpacket_oversized_record_dropped_next_one_kept(seqpacket_path: Path) -> None:
+    with Listener(["vsock-seqpacket:7777"], Limits(max_message_bytes=1024)) as listener:
+        with _seqpacket(seqpacket_path) as s:
+            s.send(b"STATUS=" + b"x" * 5000)
+            s.send(b"READY=1")
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(1) == b""
+        msg = listener.get(timeout=2)
+        assert msg is not None and msg.fields == {"READY": "1"}
+        assert listener.get(timeout=0.1) is None
+        assert any("message of 1025 bytes exceeds 1024" in line for line in listener.log)
+
+
+def test_seqpacket_connection_left_open_is_closed_at_the_deadline(seqpacket_path: Path) -> None:
+    with Listener(["vsock-seqpacket:7777"], Limits(read_timeout_s=0.3)) as listener:
+        with _seqpacket(seqpacket_path) as s:
+            s.send(b"READY=1")
+            msg = listener.get(timeout=2)  # delivered at once, not at the end of the connection
+            assert msg is not None and msg.fields == {"READY": "1"}
+            assert s.recv(1) == b""  # closed by the listener once its read timeout passed
+        assert listener.counts["timed_out"] == 1
+        assert any("connection not closed within 0.3 s: closed" in line for line in listener.log)
+
+
+@pytest.mark.parametrize("records", [True, False])
+def test_guest_sender_ends_its_connection_as_systemd_does(seqpacket_path: Path, records: bool) -> None:
+    """guestinit's connection send (what it does on AF_VSOCK after connecting) against the
+    listener: a seqpacket message is one record and the sender returns once the listener has
+    closed; a stream message is read to its end."""
+    from guestinit.init.report import send_connected
+
+    kind = socket.SOCK_SEQPACKET if records else socket.SOCK_STREAM
+    stream_path = seqpacket_path.with_name("stream.sock")
+    with Listener(["vsock-seqpacket:7777", f"unix:{stream_path}"]) as listener:
+        with socket.socket(socket.AF_UNIX, kind) as s:
+            s.settimeout(5)
+            send_connected(
+                s, str(seqpacket_path if records else stream_path), encode({"READY": "1"}), records
+            )
+            if records:  # it returned after the listener closed, which it does after queueing
+                assert listener.messages.qsize() == 1
+        msg = listener.get(timeout=2)
+    assert msg is not None and msg.fields == {"READY": "1"}
+    assert msg.source == ("vsock-seqpacket:7777" if records else f"unix:{stream_path}")

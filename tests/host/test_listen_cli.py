@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guestinit.host.listen_cli import printable, verdict
+from guestinit.host.listen.cli import printable, verdict
 from guestinit.init.report import Sender
 from guestinit.notify.address import Target
 
@@ -74,6 +74,23 @@ def test_nonzero_exit_status_first_is_the_exit_code(tmp_path: Path) -> None:
     assert records[0]["received"].endswith("+00:00") and records[0]["received_s"] >= 0
     assert records[-1] == {"event": "exit", "outcome": "exit_status", "exit_status": 3}
     assert "EXIT_STATUS=3 failed: no GPU" in err
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("1_0", "'1_0'"), ("-1", "'-1'"), ("\u0663", "'\\u0663'"), (" 7 ", "' 7 '")]
+)
+def test_rejected_exit_status_is_reported_as_received(tmp_path: Path, value: str, shown: str) -> None:
+    path = tmp_path / "n.sock"
+    proc = start(f"unix-dgram:{path}", "--json")
+    wait_for(path, proc)
+    dgram(path, f"EXIT_STATUS={value}\nSTATUS=broken".encode())
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 1
+    reason = f"EXIT_STATUS={shown} is not a decimal number 0..255: exiting 1"
+    assert err.strip().splitlines()[-1] == f"guestctl listen: {reason} broken"
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records[0]["fields"]["EXIT_STATUS"] == value  # the message itself as received
+    assert records[-1] == {"event": "exit", "outcome": "bad_exit_status", "exit_status": 1, "reason": reason}
 
 
 def test_timeout_exits_2(tmp_path: Path) -> None:
@@ -145,6 +162,11 @@ def test_systemd_notify_and_guest_senders_on_several_addresses(tmp_path: Path) -
         ({"EXIT_STATUS": "300"}, 1),
         ({"EXIT_STATUS": "-2"}, 1),
         ({"EXIT_STATUS": "nope"}, 1),
+        ({"EXIT_STATUS": "1_0"}, 1),  # not 10
+        ({"EXIT_STATUS": "\u0663"}, 1),  # not 3
+        ({"EXIT_STATUS": " 7 "}, 1),  # not 7
+        ({"EXIT_STATUS": " 0", "READY": "1"}, 1),  # not a success either
+        ({"EXIT_STATUS": "0", "READY": "1"}, 0),
         ({"READY": "0"}, None),
         ({"X_SYSTEMD_SHUTDOWN": "poweroff"}, None),
     ],

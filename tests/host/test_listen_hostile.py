@@ -92,7 +92,7 @@ def test_valid_ready_beats_a_hostile_flood(tmp_path: Path) -> None:
     stream, dgram = tmp_path / "notify.sock", tmp_path / "dgram.sock"
     stderr = open(tmp_path / "stderr", "w")  # noqa: SIM115 - a pipe could fill and stall the listener
     proc = subprocess.Popen(
-        [sys.executable, "-m", "guestinit.host.listen_cli", f"unix:{stream}", f"unix-dgram:{dgram}", *FLAGS],
+        [sys.executable, "-m", "guestinit.host.listen.cli", f"unix:{stream}", f"unix-dgram:{dgram}", *FLAGS],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,

@@ -9,7 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
-from guestinit.host.listen import Listener
+from guestinit.host.listen.listener import Listener
 from guestinit.init.report import Sender
 from guestinit.notify.address import Target
 

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import time
 from pathlib import Path
+
+import pytest
 
 from guestinit.init.report import Sender, find_virtio_port
 from guestinit.notify.address import Target
@@ -146,7 +149,7 @@ def test_serial_half_written_message_is_finished_not_repeated(tmp_path: Path) ->
 
 def test_shutdown_and_failure_reports_reach_the_host_listener(tmp_path: Path) -> None:
     """What PID 1 sends on power-off and on failure, through the real listener."""
-    from guestinit.host.listen import Listener
+    from guestinit.host.listen.listener import Listener
 
     path = tmp_path / "n.sock"
     with Listener([f"unix-dgram:{path}"]) as listener:
@@ -163,7 +166,7 @@ def test_shutdown_and_failure_reports_reach_the_host_listener(tmp_path: Path) ->
 
 
 def test_unix_stream_target_and_abstract_address(tmp_path: Path) -> None:
-    from guestinit.host.listen import Listener
+    from guestinit.host.listen.listener import Listener
 
     with Listener([f"unix:{tmp_path / 's.sock'}", f"unix-dgram:@gi-report-{os.getpid()}"]) as listener:
         assert Sender(Target("unix", path=str(tmp_path / "s.sock"))).send({"READY": "1"})
@@ -188,3 +191,109 @@ def test_console_payload_is_cut_to_fit_one_line(tmp_path: Path) -> None:
 def test_off_sends_nothing() -> None:
     sender = Sender(Target("off"))
     assert sender.send({"READY": "1"}) and sender.sent == 0
+
+
+class _FakeVsock:
+    """A stand-in for the ``_socket`` module on a guest with virtio-vsock (AF_VSOCK is never
+    opened on this host, so the tests call ``_send_vsock`` itself: a Sender's retry thread
+    could outlive the stand-in): no datagram transport (socket() fails with ENODEV, as the kernel does
+    without one), and a host that listens with the socket type ``listening`` only (a connection
+    of another type is reset, as virtio-vsock does). Records every call."""
+
+    def __init__(self, listening: int, busy_ports: int = 0, bind_errno: int = 0) -> None:
+        self.listening = listening
+        self.busy_ports = busy_ports  # the first N privileged ports are taken
+        self.bind_errno = bind_errno
+        self.calls: list[tuple[object, ...]] = []
+        for name in ("AF_VSOCK", "SOCK_STREAM", "SOCK_SEQPACKET", "SOCK_DGRAM", "SHUT_WR", "VMADDR_CID_ANY"):
+            setattr(self, name, getattr(socket, name))
+
+    def socket(self, family: int, kind: int) -> _FakeVsockSocket:
+        if kind == socket.SOCK_DGRAM:
+            self.calls.append(("socket", kind, "ENODEV"))
+            raise OSError(errno.ENODEV, "No such device")
+        self.calls.append(("socket", kind))
+        return _FakeVsockSocket(self, kind)
+
+
+class _FakeVsockSocket:
+    def __init__(self, module: _FakeVsock, kind: int) -> None:
+        self.module = module
+        self.kind = kind
+
+    def settimeout(self, timeout: float) -> None:
+        pass
+
+    def bind(self, address: tuple[int, int]) -> None:
+        if self.module.bind_errno:
+            raise OSError(self.module.bind_errno, "bind")
+        if address[1] > 1023 - self.module.busy_ports:
+            raise OSError(errno.EADDRINUSE, "in use")
+        self.module.calls.append(("bind", address[1]))
+
+    def connect(self, address: tuple[int, int]) -> None:
+        if self.kind != self.module.listening:
+            self.module.calls.append(("connect", self.kind, "ECONNRESET"))
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        self.module.calls.append(("connect", self.kind))
+
+    def send(self, data: bytes) -> int:
+        self.module.calls.append(("send", data))
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        self.module.calls.append(("sendall", data))
+
+    def shutdown(self, how: int) -> None:
+        self.module.calls.append(("shutdown", how))
+
+    def recv(self, size: int) -> bytes:
+        self.module.calls.append(("recv", size))
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+def test_vsock_address_read_as_systemd_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``vsock:``: datagram first (none on virtio-vsock), then seqpacket, sent as sd_notify sends
+    it: a privileged source port, one record, SHUT_WR, then a wait for the listener to close."""
+    from guestinit.init import report
+
+    fake = _FakeVsock(listening=socket.SOCK_SEQPACKET, busy_ports=2)
+    monkeypatch.setattr(report, "socket", fake)
+    report._send_vsock(Target("vsock", cid=2, port=8888), b"READY=1\n", 0.5)
+    assert fake.calls == [
+        ("socket", socket.SOCK_DGRAM, "ENODEV"),
+        ("socket", socket.SOCK_SEQPACKET),
+        ("bind", 1021),  # 1023 and 1022 were taken
+        ("connect", socket.SOCK_SEQPACKET),
+        ("send", b"READY=1\n"),
+        ("shutdown", socket.SHUT_WR),
+        ("recv", 1),
+    ]
+
+
+def test_vsock_address_falls_back_to_a_stream_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    from guestinit.init import report
+
+    fake = _FakeVsock(listening=socket.SOCK_STREAM, bind_errno=errno.EACCES)  # not root: no bind
+    monkeypatch.setattr(report, "socket", fake)
+    report._send_vsock(Target("vsock", cid=2, port=8888), b"READY=1\n", 0.5)
+    assert fake.calls[-5:] == [
+        ("connect", socket.SOCK_SEQPACKET, "ECONNRESET"),
+        ("socket", socket.SOCK_STREAM),
+        ("connect", socket.SOCK_STREAM),
+        ("sendall", b"READY=1\n"),
+        ("shutdown", socket.SHUT_WR),
+    ]
+
+
+def test_vsock_seqpacket_address_uses_seqpacket_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from guestinit.init import report
+
+    fake = _FakeVsock(listening=socket.SOCK_STREAM)
+    monkeypatch.setattr(report, "socket", fake)
+    with pytest.raises(report.SendError, match="reset"):
+        report._send_vsock(Target("vsock-seqpacket", cid=2, port=8888), b"READY=1\n", 0.5)
+    assert [c[:2] for c in fake.calls if c[0] == "socket"] == [("socket", socket.SOCK_SEQPACKET)]

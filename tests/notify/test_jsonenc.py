@@ -50,3 +50,23 @@ def test_import_does_not_pull_json_or_re(repo: Path) -> None:
         [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert "'json'" not in out and "'re'" not in out
+
+
+def test_errors_inside_strings_are_value_errors_before_json_is_imported(repo: Path) -> None:
+    """Found by tests/fuzz/fuzz_notify_message.py: CPython 3.11's C scanner raised SystemError
+    for a control character, a bad escape or an unterminated string when nothing had imported
+    json yet (PID 1, the in-guest listener), which ``except ValueError`` callers let through."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(repo)!r}); import guestinit.notify.jsonenc as j\n"
+        "assert 'json.decoder' not in sys.modules\n"
+        "for bad in ('\"\\x01\"', '\"abc', '\"\\\\q\"', '{\"a\": \"b'):\n"
+        "    try:\n"
+        "        j.loads(bad)\n"
+        "    except ValueError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError(bad)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr

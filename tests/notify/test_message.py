@@ -8,8 +8,11 @@ from guestinit.notify.address import AddressError, Target, parse_target
 from guestinit.notify.message import (
     MAX_LINES,
     MAX_MESSAGE_BYTES,
+    SHOWN_CHARS,
+    decimal,
     encode,
     encode_console_line,
+    exit_status,
     fit,
     parse,
     parse_console_line,
@@ -111,6 +114,7 @@ def test_console_line_round_trip_survives_kernel_prefix_and_crlf() -> None:
         (b'GUESTINIT-NOTIFY {"ready":"1"}', "invalid key"),
         (b'GUESTINIT-NOTIFY {"STATUS":"a\\nb"}', "newline or NUL"),
         (b"GUESTINIT-NOTIFY \xff\xfe", "not a JSON object"),
+        (b'GUESTINIT-NOTIFY {"STATUS":"\\ud800"}', "not UTF-8 (a lone surrogate)"),  # found by fuzzing
     ],
 )
 def test_console_line_garbage_is_reported(line: bytes, reason: str) -> None:
@@ -166,3 +170,44 @@ def test_parse_limit_is_a_parameter() -> None:
 def test_parse_refuses_too_many_lines() -> None:
     parsed = parse(b"A=1\n" * (MAX_LINES + 5))
     assert parsed.fields == {} and "lines" in parsed.dropped[0]
+
+
+# numbers in values: one strict parser ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("7", 7), ("10", 10), ("255", 255)])
+def test_exit_status_plain_decimal(text: str, value: int) -> None:
+    assert exit_status(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "shown_as"),
+    [
+        ("1_0", "'1_0'"),  # int() reads 10
+        ("\u0663", "'\\u0663'"),  # ARABIC-INDIC DIGIT THREE: int() reads 3
+        (" 7 ", "' 7 '"),  # int() strips spaces
+        ("-1", "'-1'"),
+        ("+1", "'+1'"),
+        ("010", "'010'"),  # systemd's safe_atou reads 8
+        ("256", "'256'"),
+        ("", "''"),
+        ("0x1", "'0x1'"),
+        ("\xb2", "'\\xb2'"),  # SUPERSCRIPT TWO: str.isdigit() says True
+        ("1\x1b[2J", "'1\\x1b[2J'"),
+        ("9" * 5000, "'" + "9" * SHOWN_CHARS + "'... (5000 characters)"),
+    ],
+)
+def test_exit_status_rejects_and_shows_what_was_received(text: str, shown_as: str) -> None:
+    with pytest.raises(ValueError) as info:
+        exit_status(text)
+    assert str(info.value) == f"EXIT_STATUS={shown_as} is not a decimal number 0..255"
+    assert str(info.value).isascii() and len(str(info.value)) < 120
+
+
+@given(st.text(max_size=12))
+def test_decimal_accepts_exactly_the_canonical_form(text: str) -> None:
+    value = decimal(text, 4294967294)
+    if value is None:
+        assert not (text.isascii() and text.isdigit()) or str(int(text)) != text or int(text) > 4294967294
+    else:
+        assert str(value) == text and 0 <= value <= 4294967294

@@ -16,6 +16,7 @@ HEADER = 110
 TRAILER = "TRAILER!!!"
 MAX_NAME = 4096
 MAX_LINK = 4096
+HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 def is_cpio(head: bytes) -> bool:
@@ -47,10 +48,10 @@ class CpioTree:
                         pos += 4  # zeros between concatenated archives, skipped as the kernel does
                         continue
                     raise TreeError(f"not a newc cpio member at offset {pos}")
-                try:
-                    fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
-                except ValueError:
-                    raise TreeError(f"corrupt cpio header at offset {pos}") from None
+                # eight hex digits a field: int(x, 16) alone would also take "-1", " +1" and "0x1"
+                if not all(c in HEX_DIGITS for c in header[6:HEADER]):
+                    raise TreeError(f"corrupt cpio header at offset {pos}")
+                fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
                 ino, mode, _uid, _gid, nlink, _mtime, filesize, major, minor = fields[:9]
                 namesize = fields[11]
                 if not 0 < namesize <= MAX_NAME:

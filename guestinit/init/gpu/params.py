@@ -9,11 +9,22 @@ costs a CPU-only boot nothing but this file: stdlib ``re`` and plain classes.
 
 from __future__ import annotations
 
-from guestinit.init.paramtypes import Param, ParamError, absolute_path, boolean, choice, seconds_between
+from guestinit.init.paramtypes import (
+    Param,
+    ParamError,
+    absolute_path,
+    boolean,
+    choice,
+    digits,
+    seconds_between,
+)
+from guestinit.init.problems import excerpt
 
 TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+    from guestinit.init.root import Root
 
 # ------------------------------------------------------------------ resizable BAR (pci)
 
@@ -22,8 +33,15 @@ REBAR_POLICIES = ("off", "max")
 # ------------------------------------------------------------------ hugepages and THP (hugepages)
 
 THP_MODES = ("keep", "always", "madvise", "never")
-_SIZE_PATTERN = r"^(\d+)\s*([kKmMgG])(?:i?[bB])?$"
+_SIZE_PATTERN = r"^([0-9]{1,10})\s*([kKmMgG])(?:i?[bB])?$"
 _UNITS = {"k": 1, "m": 1 << 10, "g": 1 << 20}
+# The hugepage sizes x86-64 offers: 2 MiB (PMD) and 1 GiB (PUD, with the pdpe1gb CPU flag).
+# 4 KiB is the base page, not a hugepage. At boot the kernel's own list is what counts
+# (offered_sizes: /sys/kernel/mm/hugepages).
+X86_64_SIZES_KB = (2048, 1 << 20)
+MAX_PAGES = (1 << 32) - 1  # per pool; the kernel gives what it can and the shortfall is reported
+MAX_NODE = 1023  # x86-64 MAX_NUMNODES (NODES_SHIFT 10)
+HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"
 
 
 def size_name(kb: int) -> str:
@@ -66,8 +84,12 @@ def parse_size_kb(text: str) -> int:
 
     m = re.match(_SIZE_PATTERN, text.strip())
     if not m:
-        raise ParamError(f"{text!r} is not a page size (use 2M or 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+        raise ParamError(f"{excerpt(text)} is not a page size (use 2M or 1G)")
+    size_kb = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    if size_kb not in X86_64_SIZES_KB:
+        base = " (4K is the base page size)" if size_kb == 4 else ""
+        raise ParamError(f"{excerpt(text)} is not a hugepage size of x86-64{base}: use 2M or 1G")
+    return size_kb
 
 
 def parse_requests(text: str) -> tuple[Request, ...]:
@@ -78,14 +100,16 @@ def parse_requests(text: str) -> tuple[Request, ...]:
             continue
         size_text, sep, rest = item.partition(":")
         if not sep:
-            raise ParamError(f"{item!r} is not SIZE:COUNT[@NODE] (e.g. 2M:512 or 1G:4@0)")
+            raise ParamError(f"{excerpt(item)} is not SIZE:COUNT[@NODE] (e.g. 2M:512 or 1G:4@0)")
         count_text, at, node_text = rest.partition("@")
         size_kb = parse_size_kb(size_text)
-        if not count_text.isdigit():
-            raise ParamError(f"{item!r}: count {count_text!r} is not a whole number")
-        if at and not node_text.isdigit():
-            raise ParamError(f"{item!r}: NUMA node {node_text!r} is not a whole number")
-        out.append(Request(size_kb, int(count_text), int(node_text) if at else None))
+        count = digits(count_text, f"{excerpt(item, 16)}: count", 10)
+        if count > MAX_PAGES:
+            raise ParamError(f"{excerpt(item, 16)}: count {count} is above {MAX_PAGES}")
+        node = digits(node_text, f"{excerpt(item, 16)}: NUMA node", 4) if at else None
+        if node is not None and node > MAX_NODE:
+            raise ParamError(f"{excerpt(item, 16)}: NUMA node {node} is above {MAX_NODE}")
+        out.append(Request(size_kb, count, node))
     keys = [(r.size_kb, r.node) for r in out]
     for r in out:
         if keys.count((r.size_kb, r.node)) > 1:
@@ -98,23 +122,40 @@ def parse_requests(text: str) -> tuple[Request, ...]:
 # ------------------------------------------------------------------ NVIDIA modules (nvidia)
 
 
+def offered_sizes(root: Root) -> tuple[int, ...]:
+    """The hugepage sizes (KiB) this kernel offers: /sys/kernel/mm/hugepages/hugepages-NkB
+    (empty when the directory is not there, as in an image tree)."""
+    out = []
+    for entry in root.listdir(HUGEPAGES_DIR):
+        number = entry[len("hugepages-") : -len("kB")]
+        if entry.startswith("hugepages-") and entry.endswith("kB") and number.isascii() and number.isdigit():
+            out.append(int(number))
+    return tuple(sorted(out))
+
+
+def unoffered(requests: tuple[Request, ...], offered: tuple[int, ...]) -> tuple[Request, ...]:
+    """The requests for sizes the kernel does not offer (none when ``offered`` is unknown)."""
+    return tuple(r for r in requests if offered and r.size_kb not in offered)
+
+
 def _octal_mode(text: str) -> str:
     import re  # only when this key is given: re is not on the boot path
 
     if not re.fullmatch(r"0?[0-7]{3,4}", text):
-        raise ParamError(f"{text!r} is not an octal file mode (e.g. 0660)")
+        raise ParamError(f"{excerpt(text)} is not an octal file mode (e.g. 0660)")
     return "0" + format(int(text, 8), "o").rjust(3, "0")
 
 
 def _id(text: str) -> str:
-    if not text.isdigit() or int(text) > 0xFFFFFFFE:
-        raise ParamError(f"{text!r} is not a numeric uid/gid")
-    return str(int(text))
+    value = digits(text, "uid/gid", 10)
+    if value > 0xFFFFFFFE:
+        raise ParamError(f"{value} is not a numeric uid/gid (at most 4294967294)")
+    return str(value)
 
 
 def _word(text: str) -> str:
-    if not text or any(c.isspace() or c == '"' for c in text):
-        raise ParamError(f"{text!r} must be one word without quotes")
+    if not text or len(text) > 1024 or any(c.isspace() or c == '"' or not c.isprintable() for c in text):
+        raise ParamError(f"{excerpt(text)} must be one word without quotes (at most 1024 characters)")
     return text
 
 
@@ -125,9 +166,9 @@ def _extra(text: str) -> tuple[tuple[str, str, str], ...]:
     for item in (p.strip() for p in text.split(",")):
         if not item:
             continue
-        m = re.fullmatch(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_]+)=(\S*)", item)
+        m = re.fullmatch(r"([A-Za-z0-9_-]{1,56})\.([A-Za-z0-9_]{1,64})=([!-~]{0,1024})", item)
         if not m:
-            raise ParamError(f"{item!r} is not MODULE.PARAM=VALUE (e.g. nvidia.NVreg_RmMsg=...)")
+            raise ParamError(f"{excerpt(item)} is not MODULE.PARAM=VALUE (e.g. nvidia.NVreg_RmMsg=...)")
         out.append((m.group(1).replace("-", "_"), m.group(2), m.group(3)))
     return tuple(out)
 
@@ -201,18 +242,20 @@ def nvidia_value(values: Mapping[str, object], key: str) -> object:
 def _clocks(text: str) -> str:
     """nvidia-smi -lgc / -lmc: one clock or MIN,MAX in MHz."""
     parts = text.split(",")
-    if not 1 <= len(parts) <= 2 or not all(p.isdigit() and 0 < int(p) < 100000 for p in parts):
-        raise ParamError(f"{text!r} is not MHz or MIN,MAX in MHz (e.g. 1980 or 1500,1980)")
+    if not 1 <= len(parts) <= 2 or not all(
+        p.isascii() and p.isdigit() and len(p) <= 5 and 0 < int(p) < 100000 for p in parts
+    ):
+        raise ParamError(f"{excerpt(text)} is not MHz or MIN,MAX in MHz (1..99999, e.g. 1980 or 1500,1980)")
     if len(parts) == 2 and int(parts[0]) > int(parts[1]):
-        raise ParamError(f"{text!r}: the minimum is above the maximum")
+        raise ParamError(f"{excerpt(text)}: the minimum is above the maximum")
     return ",".join(str(int(p)) for p in parts)
 
 
 def _watts(text: str) -> str:
     import re  # only when this key is given: re is not on the boot path
 
-    if not re.fullmatch(r"\d{1,5}(\.\d{1,2})?", text) or float(text) <= 0:
-        raise ParamError(f"{text!r} is not a power limit in watts (e.g. 700)")
+    if not re.fullmatch(r"[0-9]{1,5}(\.[0-9]{1,2})?", text) or float(text) <= 0:
+        raise ParamError(f"{excerpt(text)} is not a power limit in watts (e.g. 700)")
     return text
 
 
@@ -247,7 +290,9 @@ PARAMS: tuple[Param, ...] = (
           "Resizable BAR: max grows each GPU BAR that offers resourceN_resize to its largest size "
           "before the driver loads (needs room in the bridge window; see guestctl plan)."),
     Param("hugepages", "SIZE:COUNT[@NODE],...", parse_requests, (),
-          "Hugepages to reserve at boot, e.g. 2M:512,1G:4 or per NUMA node 1G:2@0,1G:2@1."),
+          "Hugepages to reserve at boot, e.g. 2M:512,1G:4 or per NUMA node 1G:2@0,1G:2@1. SIZE is a "
+          "hugepage size of x86-64 (2M or 1G) that the kernel offers (/sys/kernel/mm/hugepages); "
+          "COUNT 0..4294967295, NODE 0..1023."),
     Param("thp", "|".join(THP_MODES), choice(*THP_MODES), "keep",
           "Transparent hugepages mode written to /sys/kernel/mm/transparent_hugepage/enabled."),
     *(Param(f"nvidia.{p.key}", p.kind, p.parse, p.default if p.default is not None else "", p.help)

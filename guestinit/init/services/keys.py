@@ -10,6 +10,8 @@ image's own: the kernel unpacks them into the same /etc/guestinit/services.d.
 
 from __future__ import annotations
 
+from guestinit.init.problems import excerpt
+
 TYPE_CHECKING = False  # collections.abc is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,11 +36,28 @@ class ServiceError(ValueError):
     """A bad service file or value; the message names the file, the key and the fix."""
 
 
+MAX_PATH = 4096  # PATH_MAX
+MAX_ID = 0xFFFFFFFE  # (uid_t) -1 is no uid
+MAX_REGEX = 1024
+
+
+def _no_nul(text: str, what: str) -> str:
+    """The kernel takes strings up to their first NUL: one inside would be cut short (and
+    Python refuses it at exec time)."""
+    if "\0" in text:
+        raise ServiceError(f"{what}{excerpt(text)} contains a NUL byte: remove it")
+    return text
+
+
 def _argv(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise ServiceError('must be a non-empty list of strings, e.g. ["/usr/bin/daemon", "--flag"]')
+    for v in value:
+        _no_nul(v, "")
     if not value[0].startswith("/"):
-        raise ServiceError(f"{value[0]!r}: the program must be an absolute path")
+        raise ServiceError(f"{excerpt(value[0])}: the program must be an absolute path")
+    if len(value[0]) > MAX_PATH:
+        raise ServiceError(f"{excerpt(value[0])}: longer than PATH_MAX ({MAX_PATH})")
     return tuple(value)
 
 
@@ -48,19 +67,28 @@ def _environment(value: object) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, item in value.items():
         if not key or "=" in key or "\0" in key:
-            raise ServiceError(f"{key!r} is not a valid variable name")
-        if not isinstance(item, str) or "\0" in item:
-            raise ServiceError(f"{key}: the value must be a string")
+            raise ServiceError(f"{excerpt(key)} is not a valid variable name (no '=' or NUL)")
+        if not isinstance(item, str):
+            raise ServiceError(f"{key[:40]}: the value must be a string")
+        _no_nul(item, f"{key[:40]}: ")
         out[key] = item
     return out
 
 
 def _principal(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
         return str(value)
-    if isinstance(value, str) and value and ":" not in value and not value.isspace():
+    if isinstance(value, str) and "\0" in value:
+        _no_nul(value, "")
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= 256
+        and ":" not in value
+        and value.isprintable()
+        and not value.isspace()
+    ):
         return value
-    raise ServiceError("must be a name from /etc/passwd (/etc/group) or a number")
+    raise ServiceError(f"must be a name from /etc/passwd (/etc/group) or a number 0..{MAX_ID}")
 
 
 def _names(value: object) -> tuple[str, ...]:
@@ -68,7 +96,7 @@ def _names(value: object) -> tuple[str, ...]:
         raise ServiceError('must be a list of service names, e.g. ["fabricmanager"], or ["*"]')
     for v in value:
         if v != EVERY and not valid_name(v):
-            raise ServiceError(f"{v!r} is not a service name")
+            raise ServiceError(f"{excerpt(v)} is not a service name")
     return tuple(value)
 
 
@@ -83,11 +111,12 @@ def _ready(value: object) -> tuple[str, object]:
         )
     kind, arg = next(iter(value.items()))
     if kind not in READY_KINDS:
-        raise ServiceError(f"unknown readiness kind {kind!r}: use one of {', '.join(READY_KINDS)}")
+        raise ServiceError(f"unknown readiness kind {excerpt(kind)}: use one of {', '.join(READY_KINDS)}")
     if kind in ("socket", "file"):
-        if not isinstance(arg, str) or not arg.startswith("/"):
-            raise ServiceError(f"{kind}: must be an absolute path")
-        return (kind, arg)
+        try:
+            return (kind, _path(arg))
+        except ServiceError as exc:
+            raise ServiceError(f"{kind}: {exc}") from None
     if kind == "tcp":
         if not isinstance(arg, str):
             raise ServiceError('tcp: must be "HOST:PORT"')
@@ -95,19 +124,36 @@ def _ready(value: object) -> tuple[str, object]:
     if kind == "log":
         if not isinstance(arg, str) or not arg:
             raise ServiceError("log: must be a regular expression")
-        try:
-            import re
+        _no_nul(arg, "log: ")
+        if len(arg) > MAX_REGEX:
+            raise ServiceError(f"log: {excerpt(arg)} is longer than {MAX_REGEX} characters: shorten it")
+        import re
 
+        try:
             return (kind, re.compile(arg))
         except re.error as exc:
-            raise ServiceError(f"log: {arg!r} is not a valid regular expression: {exc}") from None
-    return (kind, _argv(arg))
+            raise ServiceError(f"log: {excerpt(arg)} is not a valid regular expression: {exc}") from None
+        except (RecursionError, OverflowError, ValueError):  # nested or sized beyond what re takes
+            raise ServiceError(f"log: {excerpt(arg)} is too complex a regular expression") from None
+    try:
+        return (kind, _argv(arg))
+    except ServiceError as exc:
+        raise ServiceError(f"command: {exc}") from None
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ServiceError(f'tcp: {text!r} is not "HOST:PORT" (e.g. "127.0.0.1:6666" or "[::1]:6666")')
+    if (
+        not sep
+        or not host
+        or "\0" in host
+        or not (port.isascii() and port.isdigit() and len(port) <= 5)
+        or not 0 < int(port) < 65536
+    ):
+        raise ServiceError(
+            f'tcp: {excerpt(text)} is not "HOST:PORT" with a port 1..65535 '
+            '(e.g. "127.0.0.1:6666" or "[::1]:6666")'
+        )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return (host, int(port))
@@ -174,6 +220,9 @@ def _weight(value: object) -> int:
 def _path(value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ServiceError("must be an absolute path")
+    _no_nul(value, "")
+    if len(value) > MAX_PATH:
+        raise ServiceError(f"{excerpt(value)}: longer than PATH_MAX ({MAX_PATH})")
     return value
 
 
@@ -341,6 +390,7 @@ class ServiceSpec:
         "critical",
         "environment",
         "error",
+        "errors",
         "exit_action",
         "group",
         "kill_mode",
@@ -363,8 +413,9 @@ class ServiceSpec:
     def __init__(self, name: str, path: str) -> None:
         self.name = name
         self.path = path
-        self.error = ""
-        self.problems: list[str] = []
+        self.error = ""  # the first reason the service cannot run ("" when it can)
+        self.errors: list[str] = []  # every bad value of its file, one line each
+        self.problems: list[str] = []  # what is ignored (unknown keys)
         self.command: tuple[str, ...] = ()
         self.environment: dict[str, str] = {}
         self.user = "root"

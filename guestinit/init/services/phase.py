@@ -89,9 +89,7 @@ def load(
         stop_timeout=config.number("stop_timeout"),
         cgroups=cgroups,
     )
-    specs = files.load_all(ctx.root, toml_cache)
-    named = {spec.name for spec in specs}
-    specs = [spec for spec in generated or [] if spec.name not in named] + specs
-    sup.add(specs, disabled=config.strings("disable"))
+    loaded = files.load_services(ctx.root, toml_cache, generated)  # as `guestinit check` reads them
+    sup.add(loaded.specs, disabled=config.strings("disable"))
     ctx.problems.extend(sup.problems)
     return sup

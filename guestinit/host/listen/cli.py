@@ -15,7 +15,11 @@ import time
 from typing import NoReturn, TextIO
 
 from guestinit.host.errors import UserError
-from guestinit.host.listen import FORMS, LIMIT_FACTS, Limits, Listener, Message
+from guestinit.host.listen.endpoint import FORMS
+from guestinit.host.listen.limits import LIMIT_FACTS, Limits
+from guestinit.host.listen.listener import Listener
+from guestinit.host.listen.messages import Message
+from guestinit.notify.message import exit_status
 
 EXIT_READY = 0
 EXIT_TIMEOUT = 2
@@ -25,6 +29,8 @@ EXIT_INTERRUPTED = 130
 EPILOG_ADDRESSES = """\
 addresses:
   vsock:PORT            AF_VSOCK stream on any CID (guest: vsock-stream:2:PORT)
+  vsock-seqpacket:PORT  AF_VSOCK seqpacket on any CID, one message per record (guest:
+                        vsock-seqpacket:2:PORT, or vsock:2:PORT from systemd on virtio-vsock)
   unix:PATH             Unix stream socket, one message per connection
   unix-dgram:PATH       Unix datagram socket: NOTIFY_SOCKET for sd_notify(3) / systemd-notify
                         (@NAME: abstract socket)
@@ -39,7 +45,8 @@ addresses:
 EPILOG_EXIT = """\
 exit status:
   0   READY=1 arrived
-  N   a non-zero EXIT_STATUS=N arrived first (1 when N is not in 1..255)
+  N   a non-zero EXIT_STATUS=N arrived first (N: decimal 1..255; anything else
+      is reported as received and exits 1)
   2   --timeout passed without either
   64  bad option or address
   130 interrupted
@@ -105,18 +112,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def verdict(fields: dict[str, str]) -> int | None:
-    """The exit status a message decides, or None when it decides nothing."""
+def decide(fields: dict[str, str]) -> tuple[int | None, str, str]:
+    """(exit status, outcome, what to say) a message decides; (None, "", "") when it decides
+    nothing. A non-zero EXIT_STATUS wins over READY in the same message; one that is not
+    decimal 0..255 is a failure too (the guest did not say 0), reported as it was received."""
     if "EXIT_STATUS" in fields:
         try:
-            status = int(fields["EXIT_STATUS"].strip())
-        except ValueError:
-            return 1
+            status = exit_status(fields["EXIT_STATUS"])
+        except ValueError as exc:
+            return 1, "bad_exit_status", f"{exc}: exiting 1"
         if status != 0:
-            return status if 1 <= status <= 255 else 1
+            return status, "exit_status", f"EXIT_STATUS={status}"
     if fields.get("READY") == "1":
-        return EXIT_READY
-    return None
+        return EXIT_READY, "ready", ""
+    return None, "", ""
+
+
+def verdict(fields: dict[str, str]) -> int | None:
+    """The exit status a message decides, or None when it decides nothing."""
+    return decide(fields)[0]
 
 
 def printable(text: str) -> str:
@@ -150,9 +164,12 @@ def print_message(msg: Message, since_s: float, as_json: bool, out: TextIO) -> N
     out.flush()
 
 
-def _finish(as_json: bool, outcome: str, code: int, detail: str, out: TextIO) -> int:
+def _finish(as_json: bool, outcome: str, code: int, detail: str, out: TextIO, reason: str = "") -> int:
     if as_json:
-        out.write(json.dumps({"event": "exit", "outcome": outcome, "exit_status": code}) + "\n")
+        record: dict[str, object] = {"event": "exit", "outcome": outcome, "exit_status": code}
+        if reason:
+            record["reason"] = reason
+        out.write(json.dumps(record) + "\n")
         out.flush()
     if detail:
         print(f"guestctl listen: {detail}", file=sys.stderr, flush=True)
@@ -180,12 +197,13 @@ def listen(args: argparse.Namespace, out: TextIO) -> int:
             if msg is None:
                 continue
             print_message(msg, msg.received - start, args.json, out)
-            code = verdict(msg.fields)
+            code, outcome, why = decide(msg.fields)
             if code == EXIT_READY:
-                return _finish(args.json, "ready", code, "", out)
+                return _finish(args.json, outcome, code, "", out)
             if code is not None:
                 status = printable(msg.fields.get("STATUS", ""))
-                return _finish(args.json, "exit_status", code, f"EXIT_STATUS={code} {status}".strip(), out)
+                reason = why if outcome == "bad_exit_status" else ""
+                return _finish(args.json, outcome, code, f"{why} {status}".strip(), out, reason)
 
 
 def main(argv: list[str] | None = None) -> int:
