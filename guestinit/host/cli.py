@@ -35,6 +35,11 @@ def _boot(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_dict(), indent=2))
     else:
         print(format_timeline(result))
+        from guestinit.host import services
+
+        table = services.format_table(services.parse(result.notify.get("X_GUESTINIT_SERVICES")))
+        if table:
+            print(table)
         print(summary(result))
         print(f"console log: {result.console_log}")
         for key in ("STATUS", "X_GUESTINIT_DEGRADED", "X_GUESTINIT_MODE"):

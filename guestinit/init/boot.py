@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from guestinit import __version__
-from guestinit.init import coldplug, modules, mounts, net, params, settings, tomlfiles
+from guestinit.init import cgroups, coldplug, modules, mounts, net, params, settings, tomlfiles
 from guestinit.init.clock import Phase, boottime, kernel_log_stamp
 from guestinit.init.context import Context
 from guestinit.init.gpu import phase as gpu
@@ -44,6 +44,8 @@ class BootState(Context):
         self.toml_cache: dict[str, dict[str, object]] = {}
         self.logging: services.Logging | None = None
         self.supervisor: Supervisor | None = None
+        self.cgroups: cgroups.CgroupTree | None = None
+        self.hostname = ""
         self.shutdown_why = ""  # set by a shutdown signal or the power button
         self.failure = ""  # set when a critical service fails after READY
         self.ready_sent = False
@@ -171,6 +173,26 @@ def start_logging(state: BootState) -> None:
         state.logging = services.open_logging(state, state.loop, kib, owner, pressed)
 
 
+def prepare_services(state: BootState) -> None:
+    """What services, the kata-agent first, are started into: the hostname (/etc/hostname or
+    ``localhost``), an /etc/resolv.conf, and the cgroup tree (cgroups.py)."""
+    root = state.root
+    with state.timeline.phase("system"):
+        try:
+            state.hostname = net.set_hostname(root)
+        except (OSError, ValueError) as exc:
+            state.problem(f"hostname: {exc}")
+        try:
+            if net.ensure_resolv_conf(root):
+                state.log.info(f"created an empty {net.RESOLV_CONF}")
+        except OSError as exc:
+            state.problem(f"{net.RESOLV_CONF} missing and cannot be created: {exc.strerror}")
+        if root.is_real:  # never the host's cgroups from a fixture or test tree
+            state.cgroups, problems = cgroups.setup(root(cgroups.MOUNT))
+            for problem in problems:
+                state.problem(problem)
+
+
 def start_services(state: BootState) -> None:
     """Start the services and wait (bounded by their own timeouts) until each is ready, has
     failed, or was skipped. A critical failure raises services.CriticalFailure."""
@@ -179,7 +201,7 @@ def start_services(state: BootState) -> None:
         generated = state.gpu.services if state.gpu is not None else []
         ring = state.logging.ring
         sup = state.supervisor = services.load(
-            state, state.loop, state.reaper, ring, state.toml_cache, generated
+            state, state.loop, state.reaper, ring, state.toml_cache, generated, state.cgroups
         )
         # An unusable service file or a cycle fails that service alone (degraded, or the VM if
         # it says critical = true): its reason goes to the host in STATUS=.
@@ -187,7 +209,9 @@ def start_services(state: BootState) -> None:
             if svc.spec.error and svc.state != "disabled":
                 state.problems.append(svc.spec.error)
         sup.start()
-        state.loop.run_until(lambda: sup.settled() or bool(state.shutdown_why or sup.critical_failure()))
+        state.loop.run_until(
+            lambda: sup.settled() or bool(state.shutdown_why or sup.critical_failure() or sup.exit_request)
+        )
     for svc in sup.services.values():
         if svc.first_start_s is not None:
             phase = Phase(f"service {svc.name}", svc.first_start_s)
@@ -196,7 +220,7 @@ def start_services(state: BootState) -> None:
                 phase.error = svc.error or svc.state
             state.timeline.phases.append(phase)
     failure = sup.critical_failure()
-    if failure and not state.shutdown_why:
+    if failure and not state.shutdown_why and sup.exit_request is None:  # exit_action wins
         raise services.CriticalFailure(failure)
 
 
@@ -251,9 +275,10 @@ def boot(state: BootState) -> None:
     lock_modules(state)
     connect_notify(state)
     start_logging(state)
+    prepare_services(state)
     start_services(state)
-    if state.shutdown_why:
-        return
+    if state.shutdown_why or (state.supervisor is not None and state.supervisor.exit_request):
+        return  # PID 1 shuts down, or powers off for the service that ended (pid1.py)
     assert state.sender is not None
     state.sender.send(ready_message(state))
     state.ready_sent = True

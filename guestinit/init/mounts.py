@@ -1,4 +1,9 @@
-"""The early mounts PID 1 makes, with NVRC's flags (nosuid, nodev, noexec where they apply)."""
+"""The early mounts PID 1 makes, with NVRC's flags (nosuid, nodev, noexec where they apply).
+
+They are also what the kata-agent's own init mode makes (kata-containers src/agent/src/mount.rs
+INIT_ROOTFS_MOUNTS, cgroups_mount), which an agent started as a service expects to find: proc,
+sysfs, devtmpfs, /dev/shm, /dev/pts, /run, cgroup2 at /sys/fs/cgroup (nsdelegate, as the agent
+mounts it), and /dev/ptmx as a link to pts/ptmx. /tmp is NVRC's."""
 
 from __future__ import annotations
 
@@ -19,12 +24,15 @@ MOUNTS: tuple[tuple[str, str, str, int, str, bool], ...] = (
     ("tmpfs", "/dev/shm", "tmpfs", NOSUID | NODEV, "mode=1777", False),
     ("tmpfs", "/run", "tmpfs", NOSUID | NODEV, "mode=0755", True),
     ("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, "mode=1777", True),
+    # Always cgroup2 (the agent mounts it only for systemd.unified_cgroup_hierarchy=1 or
+    # cgroup_no_v1=all): services get their own cgroups, and the agent makes the containers'.
+    # Not required: without it services run, stopped by their process tree (cgroups.setup).
+    ("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID | NODEV | NOEXEC, "nsdelegate", False),
 )
 # Mounted only when /proc/filesystems lists them (as NVRC does).
 OPTIONAL: tuple[tuple[str, str, str, int], ...] = (
     ("securityfs", "/sys/kernel/security", "securityfs", NOSUID | NODEV | NOEXEC),
     ("configfs", "/sys/kernel/config", "configfs", NOSUID | NODEV | NOEXEC),
-    ("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID | NODEV | NOEXEC),
 )
 
 
@@ -44,7 +52,12 @@ def mount_all(root: Root) -> list[str]:
         if target in already:
             continue
         path = root(target)
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            if required:
+                raise
+            continue  # /sys/fs/cgroup is sysfs's own: missing only without cgroup support
         try:
             syscalls.mount(source, path, fstype, flags, data)
         except OSError as exc:
@@ -52,6 +65,12 @@ def mount_all(root: Root) -> list[str]:
                 continue
             if required:
                 raise
+            if data:  # an option an older kernel lacks (nsdelegate: Linux 4.13)
+                try:
+                    syscalls.mount(source, path, fstype, flags)
+                    done.append(target)
+                except OSError:
+                    pass
             continue
         done.append(target)
         already = mounted_targets(root) if target == "/proc" else already | {target}
@@ -64,7 +83,24 @@ def mount_all(root: Root) -> list[str]:
                 done.append(target)
             except OSError:
                 pass
+    link_ptmx(root)
     return done
+
+
+def link_ptmx(root: Root) -> bool:
+    """/dev/ptmx -> pts/ptmx, as the agent's init mode makes it: a pseudo-terminal opened
+    through /dev/ptmx comes from the devpts at /dev/pts (the one bind-mounted into containers).
+    True when the link was made."""
+    path = root("/dev/ptmx")
+    if os.path.islink(path) or not os.path.isdir(root("/dev/pts")):
+        return False
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.symlink("pts/ptmx", path)
+    except OSError:
+        return False
+    return True
 
 
 def unmount_all(root: Root) -> None:

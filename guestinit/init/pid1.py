@@ -5,6 +5,11 @@ host (EXIT_STATUS= non-zero, STATUS= the reason) and a power-off within the shut
 SIGTERM, SIGPWR, SIGINT (Ctrl-Alt-Del, with the kernel's CAD reboot disabled) and the ACPI
 power button all lead to the one clean shutdown: services stopped in reverse dependency
 order, X_SYSTEMD_SHUTDOWN=poweroff to the host, sync, unmount, power off.
+
+A service with exit_action = "poweroff" (the kata-agent) ending for good powers the VM off
+as the agent's own init mode does, with EXIT_STATUS= its exit status and STATUS= the reason:
+a clean exit 0 (the agent's answer to DestroySandbox, the sandbox's normal end) through the
+clean shutdown above, with EXIT_STATUS=0; any other end through the failure path.
 """
 
 from __future__ import annotations
@@ -129,6 +134,8 @@ class Init:
             return
         sup = state.supervisor
         assert sup is not None
+        if sup.exit_request is not None:
+            return  # its exit_action powers the VM off (supervise)
         if svc.spec.critical and what == "failed":
             state.failure = f"critical service {svc.name} failed: {svc.error}"
             return
@@ -143,9 +150,13 @@ class Init:
 
     def supervise(self) -> None:
         state = self.state
-        if state.supervisor is not None:
-            state.supervisor.on_event = self.service_event
+        sup = state.supervisor
+        if sup is not None:
+            sup.on_event = self.service_event
         while True:
+            if sup is not None and sup.exit_request is not None and not state.shutdown_why:
+                self.service_ended(*sup.exit_request)
+                return
             if state.failure:
                 self.fail(state.failure, CriticalFailure.exit_status)
                 return
@@ -177,6 +188,13 @@ class Init:
         for record in self.stopped:
             self.state.log.info(f"stopped {record['name']}: {record['how']} ({record['s']} s)")
 
+    def service_ended(self, exit_status: int, reason: str) -> None:
+        """A service with exit_action = "poweroff" ended: report its status, power off."""
+        if exit_status == 0:
+            self.shutdown(reason, exit_status=0)
+        else:
+            self.fail(reason, exit_status)
+
     def fail(self, reason: str, exit_status: int = 1) -> None:
         """Fail closed: report to the host, stop what runs, power off within the shutdown bound."""
         state, log = self.state, self.state.log
@@ -197,13 +215,16 @@ class Init:
             log.error(f"could not report failure: {exc}")
         power_off(state.root, log, state.reaper)
 
-    def shutdown(self, why: str) -> None:
+    def shutdown(self, why: str, exit_status: int | None = None) -> None:
         state, log = self.state, self.state.log
         deadline = time.monotonic() + state.config.number("shutdown_timeout")
         log.info(f"shutdown: {why}")
-        sender = state.sender
+        sender = state.sender if exit_status is None else self._sender()
         if sender is not None:
-            sender.send({"STATUS": f"shutting down: {why}"})
+            first = {"STATUS": f"shutting down: {why}"}
+            if exit_status is not None:
+                first = {"EXIT_STATUS": str(exit_status), **first}
+            sender.send(first)
         self._stop_services(deadline - 0.5)
         order = ", ".join(f"{r['name']} ({r['how']})" for r in self.stopped)
         if sender is not None:

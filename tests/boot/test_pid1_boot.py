@@ -32,8 +32,12 @@ def cpio(tmp_path: Path, files: dict[str, tuple[str, int]]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip())
         path.chmod(mode)
+    return pack(tree, tmp_path / "extra.cpio")
+
+
+def pack(tree: Path, out: Path) -> Path:
+    """A newc archive of a directory tree (files as they are, owned by root)."""
     names = sorted({str(p.relative_to(tree)) for p in tree.rglob("*")})
-    out = tmp_path / "extra.cpio"
     with open(out, "wb") as f:
         subprocess.run(
             ["cpio", "-o", "-H", "newc", "--owner=0:0", "--quiet"],

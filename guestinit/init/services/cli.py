@@ -59,6 +59,7 @@ def reference_markdown() -> str:
         'command = ["/usr/bin/kata-agent"]',
         'after = ["*"]',
         "critical = true",
+        'exit_action = "poweroff"',
         "oom_score_adj = -997",
         "rlimit_nofile = 1048576",
         'condition_path_exists = "/usr/bin/kata-agent"',

@@ -28,6 +28,8 @@ def valid_name(name: str) -> bool:
 EVERY = "*"  # after = ["*"]: after every service that does not itself say "*"
 READY_KINDS = ("socket", "tcp", "file", "log", "command")
 RESTARTS = ("no", "on-failure", "always")
+KILL_MODES = ("control-group", "process")
+EXIT_ACTIONS = ("none", "poweroff")
 
 
 class ServiceError(ValueError):
@@ -197,6 +199,24 @@ def _nofile(value: object) -> int:
     return value
 
 
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _bytes(value: object) -> int:
+    """A size: whole bytes, or a string of digits with a K, M, G or T (binary) suffix."""
+    if isinstance(value, str) and value[-1:].upper() in _SIZE_UNITS and value[:-1].isdigit():
+        value = int(value[:-1]) * _SIZE_UNITS[value[-1].upper()]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 << 20 <= value <= 1 << 50:
+        raise ServiceError('must be a size of at least 1M: bytes, or a string such as "512M" or "4G"')
+    return value
+
+
+def _weight(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10000:
+        raise ServiceError("must be a whole number from 1 to 10000 (the default weight is 100)")
+    return value
+
+
 def _path(value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ServiceError("must be an absolute path")
@@ -312,6 +332,43 @@ KEYS: tuple[Key, ...] = (
         "when it is ready.",
     ),
     Key(
+        "kill_mode",
+        "control-group|process",
+        _choice(*KILL_MODES),
+        "control-group",
+        "What stopping reaches. control-group: every process of the service's cgroup "
+        "(/sys/fs/cgroup/guestinit/NAME), forked or double-forked, gets SIGTERM, and cgroup.kill "
+        "after stop_timeout; processes left behind when the main process exits are stopped the same "
+        "way. process: only the main process is signalled, and what it leaves behind keeps running "
+        "(until the VM powers off).",
+    ),
+    Key(
+        "memory_max",
+        "size",
+        _bytes,
+        None,
+        'memory.max of the service\'s cgroup (bytes, or "512M", "4G"): past it the kernel '
+        "reclaims, then OOM-kills inside the service. Default no limit.",
+    ),
+    Key(
+        "cpu_weight",
+        "1..10000",
+        _weight,
+        None,
+        "cpu.weight of the service's cgroup: its share of CPU time against the other services "
+        "when they compete. Default 100.",
+    ),
+    Key(
+        "exit_action",
+        "none|poweroff",
+        _choice(*EXIT_ACTIONS),
+        "none",
+        "poweroff: when the service ends for good (its main process exits, whatever the status, "
+        "and no restart follows, or it fails to start), the VM powers off, as the kata-agent's own "
+        "init mode does: EXIT_STATUS= its exit status (128+N when killed by signal N, 1 when it "
+        "never ran), STATUS= the reason. A clean exit 0 stops the other services in order first.",
+    ),
+    Key(
         "condition_path_exists",
         "path",
         _path,
@@ -329,12 +386,16 @@ class ServiceSpec:
         "after",
         "command",
         "condition_path_exists",
+        "cpu_weight",
         "critical",
         "environment",
         "error",
         "errors",
+        "exit_action",
         "group",
+        "kill_mode",
         "max_restarts",
+        "memory_max",
         "name",
         "oom_score_adj",
         "path",
@@ -371,6 +432,10 @@ class ServiceSpec:
         self.rlimit_nofile: int | None = None
         self.condition_path_exists = ""
         self.pid_file = ""
+        self.kill_mode = "control-group"
+        self.memory_max: int | None = None
+        self.cpu_weight: int | None = None
+        self.exit_action = "none"
 
     def __repr__(self) -> str:
         return f"ServiceSpec({self.name!r}, error={self.error!r})"

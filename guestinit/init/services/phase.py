@@ -18,6 +18,7 @@ TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads thi
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from guestinit.init.cgroups import CgroupTree
     from guestinit.init.context import Context
     from guestinit.init.loop import Loop
     from guestinit.init.reaper import Reaper
@@ -72,9 +73,11 @@ def load(
     ring: Ring,
     toml_cache: dict[str, dict[str, object]],
     generated: list[ServiceSpec] | None = None,
+    cgroups: CgroupTree | None = None,
 ) -> Supervisor:
     """Read /etc/guestinit/services.d and set up (not start) the supervisor. ``generated``
-    services (the GPU phase's) come first; a file of the same name replaces one."""
+    services (the GPU phase's) come first; a file of the same name replaces one. With
+    ``cgroups`` each service runs in a cgroup of its own."""
     config = ctx.config
     sup = Supervisor(
         ctx.root,
@@ -84,6 +87,7 @@ def load(
         ring,
         ready_timeout=config.number("ready_timeout"),
         stop_timeout=config.number("stop_timeout"),
+        cgroups=cgroups,
     )
     loaded = files.load_services(ctx.root, toml_cache, generated)  # as `guestinit check` reads them
     sup.add(loaded.specs, disabled=config.strings("disable"))

@@ -52,6 +52,9 @@ class Service:
         self.stop_how = ""
         self.after_stop: Callable[[], None] | None = None
         self.adopted = False  # pid_file: the main process is the daemon the started program forked
+        self.cgroup = False  # runs in its own cgroup (cgroups.CgroupTree), set at its first start
+        self.sweep_timer: Timer | None = None  # cgroup.kill of what an exited main process left
+        self.last_status: int | None = None  # wait status of the main process's last exit
 
     def stop_readiness_wait(self) -> None:
         """Cancel the ready timeout and the readiness probe, if they are still running."""

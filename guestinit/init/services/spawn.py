@@ -1,11 +1,13 @@
 """Starting a service's process the way an init must: fork + exec with a clean slate.
 
-The child gets an empty signal mask and default dispositions (PID 1 blocks its signals for the
-signalfd, and Python ignores SIGPIPE: neither may leak into a daemon), a new session, stdin on
-/dev/null, stdout/stderr on the pipe init reads, a clean environment, oom_score_adj and
-RLIMIT_NOFILE set while still root, then its groups, gid and uid, in that order. An exec
-failure comes back through a close-on-exec pipe as a one-line error. The caller registers the
-pid with the reaper before returning to the loop, so no exit status is ever lost.
+The child first moves itself into its service's cgroup (cgroup_fd: the cgroup.procs the
+caller opened), so that nothing it ever forks starts outside it. It gets an empty signal mask
+and default dispositions (PID 1 blocks its signals for the signalfd, and Python ignores
+SIGPIPE: neither may leak into a daemon), a new session, stdin on /dev/null, stdout/stderr on
+the pipe init reads, a clean environment, oom_score_adj and RLIMIT_NOFILE set while still
+root, then its groups, gid and uid, in that order. An exec failure comes back through a
+close-on-exec pipe as a one-line error. The caller registers the pid with the reaper before
+returning to the loop, so no exit status is ever lost.
 """
 
 from __future__ import annotations
@@ -91,9 +93,13 @@ def _child(
     oom_score_adj: int | None,
     rlimit_nofile: int | None,
     cwd: str,
+    cgroup_fd: int,
 ) -> None:
-    step = "signal mask"
+    step = "cgroup"
     try:
+        if cgroup_fd >= 0:
+            os.write(cgroup_fd, str(os.getpid()).encode())
+        step = "signal mask"
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         for sig in signal.valid_signals():
             if sig not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(sig) == signal.SIG_IGN:
@@ -146,8 +152,10 @@ def spawn(
     oom_score_adj: int | None = None,
     rlimit_nofile: int | None = None,
     cwd: str = "/",
+    cgroup_fd: int = -1,
 ) -> int:
-    """Fork and exec; return the pid, or raise SpawnError (the failed child is reaped here)."""
+    """Fork and exec; return the pid, or raise SpawnError (the failed child is reaped here).
+    With ``cgroup_fd`` (a cgroup.procs opened for writing) the child enters that cgroup first."""
     if rlimit_nofile is not None:
         import resource  # noqa: F401 - imported before fork so the child never imports
 
@@ -167,7 +175,7 @@ def spawn(
         raise SpawnError(f"fork for {argv[0]}: {exc}") from None
     if pid == 0:  # pragma: no cover - the child either execs or _exits
         os.close(read_end)
-        _child(argv, env, creds, stdout, stderr, write_end, oom_score_adj, rlimit_nofile, cwd)
+        _child(argv, env, creds, stdout, stderr, write_end, oom_score_adj, rlimit_nofile, cwd, cgroup_fd)
     os.close(write_end)
     chunks = []
     while True:

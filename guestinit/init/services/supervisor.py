@@ -1,6 +1,11 @@
 """Supervision: start services in dependency order (independent ones in parallel), wait for
 their readiness, restart them with back-off, give up, and stop them in reverse order. The
-states a service goes through are described in service.py."""
+states a service goes through are described in service.py.
+
+Each service runs in its own cgroup (cgroups.py) when the tree is there: stopping reaches
+every process in it (kill_mode = "control-group", the default), forked or double-forked, and
+what a main process leaves behind when it exits is stopped too (stopping.py). A service
+with exit_action = "poweroff" that ends for good sets ``exit_request``, which PID 1 acts on."""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ import os
 import time
 
 from guestinit.init.clock import boottime
-from guestinit.init.cmodules import signal
 from guestinit.init.kmsg import INFO, Log
 from guestinit.init.loop import Loop
 from guestinit.init.reaper import Reaper, describe, succeeded
@@ -18,13 +22,14 @@ from guestinit.init.services.keys import ServiceSpec
 from guestinit.init.services.order import cycles, dependencies, levels
 from guestinit.init.services.pipe import Pipe
 from guestinit.init.services.service import Service
+from guestinit.init.services.stopping import Stopper, session_of
 from guestinit.init.syslog import Ring
 
 TYPE_CHECKING = False  # typing is not imported on the boot path; mypy reads this as usual
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import psutil  # imported for real only when a service is stopped
+    from guestinit.init.cgroups import CgroupTree
 
     Event = Callable[["Service", str], None]
 
@@ -44,6 +49,7 @@ class Supervisor:
         stop_timeout: float = 3.0,
         on_event: Event | None = None,
         proc: str = "/proc",
+        cgroups: CgroupTree | None = None,
     ) -> None:
         self.root = root
         self.loop = loop
@@ -54,9 +60,13 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.on_event = on_event
         self.proc = proc
+        self.cgroups = cgroups
+        self.stopper = Stopper(loop, log, cgroups, proc)
         self.services: dict[str, Service] = {}
         self.problems: list[str] = []
         self.stopping = False
+        # (EXIT_STATUS, reason) once a service with exit_action = "poweroff" has ended
+        self.exit_request: tuple[int, str] | None = None
 
     # -- configuration ------------------------------------------------------------------
 
@@ -96,7 +106,14 @@ class Supervisor:
         return [s.name for s in self.services.values() if s.state == "failed" and not s.spec.critical]
 
     def summary(self) -> list[dict[str, object]]:
-        return [s.as_dict() for s in self.services.values()]
+        """Each service's state, with its cgroup's memory.current and CPU time where it has one."""
+        out = []
+        for svc in self.services.values():
+            d = svc.as_dict()
+            if svc.cgroup and self.cgroups is not None:
+                d.update(self.cgroups.stats(svc.name))
+            out.append(d)
+        return out
 
     def owner(self, pid: int, ident: str) -> str | None:
         """The service a process (or a syslog program name) belongs to, if any."""
@@ -104,7 +121,10 @@ class Supervisor:
             for svc in self.services.values():
                 if pid in (svc.pid, svc.out_pid):
                     return svc.name
-            session = self._session(pid)
+            in_cgroup = self._cgroup_of(pid)
+            if in_cgroup:
+                return in_cgroup
+            session = session_of(self.proc, pid)
             if session:
                 for svc in self.services.values():
                     if session in (svc.pid, svc.out_pid):
@@ -114,13 +134,21 @@ class Supervisor:
                 return svc.name
         return None
 
-    def _session(self, pid: int) -> int:
+    def _cgroup_of(self, pid: int) -> str | None:
+        """The service whose cgroup holds pid (/proc/PID/cgroup: "0::/guestinit/NAME")."""
+        if self.cgroups is None:
+            return None
         try:
-            with open(f"{self.proc}/{pid}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-            return int(stat[stat.rindex(")") + 2 :].split()[3])
-        except (OSError, ValueError, IndexError):
-            return 0
+            with open(f"{self.proc}/{pid}/cgroup", "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("0::/"):
+                parts = line[4:].split("/")
+                if len(parts) >= 2 and parts[-2] == "guestinit" and parts[-1] in self.services:
+                    return parts[-1]
+        return None
 
     # -- starting -----------------------------------------------------------------------
 
@@ -163,6 +191,8 @@ class Supervisor:
             return
         spec = svc.spec
         assert svc.creds is not None
+        svc.last_status = None
+        cgroup_fd = self._enter_cgroup(svc)
         read_end, write_end = os.pipe()
         try:
             pid = spawn.spawn(
@@ -173,6 +203,7 @@ class Supervisor:
                 write_end,
                 spec.oom_score_adj,
                 spec.rlimit_nofile,
+                cgroup_fd=cgroup_fd,
             )
         except spawn.SpawnError as exc:
             os.close(read_end)
@@ -180,6 +211,9 @@ class Supervisor:
             svc.starts += 1
             self._failed(svc, str(exc))
             return
+        finally:
+            if cgroup_fd >= 0:
+                os.close(cgroup_fd)
         os.close(write_end)
         self.reaper.watch(pid, lambda p, status: self._exited(svc, p, status))
         svc.pid = svc.out_pid = pid
@@ -208,17 +242,43 @@ class Supervisor:
         )
         svc.probe.start()
 
+    def _enter_cgroup(self, svc: Service) -> int:
+        """The service's cgroup.procs, opened for its next process to enter (-1: none). Made
+        and limited at the first start; what a previous run left there is killed first."""
+        tree = self.cgroups
+        if tree is None:
+            return -1
+        self.stopper.clear(svc)
+        try:
+            if not svc.cgroup:
+                tree.create(svc.name)
+                for problem in tree.limit(svc.name, svc.spec.memory_max, svc.spec.cpu_weight):
+                    self.problems.append(f"{svc.name}: {problem}")
+                    self.log.warning(f"{svc.name}: {problem}")
+            fd = tree.open_procs(svc.name)
+        except OSError as exc:
+            self.log.warning(f"{svc.name}: no cgroup ({exc}): its process tree stands in for it")
+            svc.cgroup = False
+            return -1
+        svc.cgroup = True
+        return fd
+
     def _run_probe(self, svc: Service, argv: tuple[str, ...], on_exit: Callable[[int], None]) -> int:
         assert svc.creds is not None
         read_end, write_end = os.pipe()
+        cgroup_fd = -1
         try:
+            if svc.cgroup and self.cgroups is not None:
+                cgroup_fd = self.cgroups.open_procs(svc.name)  # a probe counts as the service's
             env = spawn.clean_environment(svc.creds, svc.spec.environment)
-            pid = spawn.spawn(argv, env, svc.creds, write_end, write_end)
-        except spawn.SpawnError:
+            pid = spawn.spawn(argv, env, svc.creds, write_end, write_end, cgroup_fd=cgroup_fd)
+        except (spawn.SpawnError, OSError):
             os.close(read_end)
             raise
         finally:
             os.close(write_end)
+            if cgroup_fd >= 0:
+                os.close(cgroup_fd)
         ident = f"{svc.name}(probe)[{pid}]"
         pipe = Pipe(self.loop, read_end, lambda text: self.log.log(INFO, text, ident=ident))
 
@@ -242,7 +302,7 @@ class Supervisor:
         if svc.state != "starting":
             return
         if not ok:
-            self._terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, detail))
+            self.stopper.terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, detail))
             return
         svc.state = "ready"
         svc.ever_ready = True
@@ -263,7 +323,7 @@ class Supervisor:
         kind = svc.spec.ready[0]
         extra = f"; last: {probe.last}" if isinstance(probe, probes.CommandExits) and probe.last else ""
         reason = f"not ready ({kind}) within {timeout:g} s{extra}"
-        self._terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, reason))
+        self.stopper.terminate(svc, self._stop_timeout(svc), lambda: self._failed(svc, reason))
 
     # -- exits, restarts ----------------------------------------------------------------
 
@@ -273,18 +333,22 @@ class Supervisor:
         if pid != svc.pid:
             return
         svc.pid = 0
+        svc.last_status = status
         what = describe(status)
         if svc.state == "stopping":
-            self._check_stopped(svc)
+            self.stopper.check_stopped(svc)
             return
         if svc.spec.pid_file and not svc.adopted and svc.state in ("starting", "ready") and succeeded(status):
             if not self._adopt(svc):
+                self._sweep(svc)
                 self._failed(svc, f"exited with 0 but {svc.spec.pid_file} names no running process")
             return
+        self._sweep(svc)
         if svc.state == "starting" and svc.spec.ready[0] == "exit" and succeeded(status):
             self._ready(svc, True, "exited with 0")
             if svc.state == "ready":
                 svc.state = "exited"
+                self._ended(svc)
                 self._event(svc, "exited")
             return
         if svc.state == "starting":
@@ -295,6 +359,7 @@ class Supervisor:
             if succeeded(status) and svc.spec.restart != "always":
                 svc.state = "exited"
                 self.log.info(f"{svc.name}: exited with 0")
+                self._ended(svc)
                 self._event(svc, "exited")
                 self._schedule()
                 return
@@ -349,90 +414,26 @@ class Supervisor:
         svc.error = reason
         svc.state = "failed"
         self.log.error(f"{svc.name}: failed: {reason}" + (" (critical)" if svc.spec.critical else ""))
+        self._ended(svc)
         self._event(svc, "failed")
         self._schedule()
 
-    # -- stopping -----------------------------------------------------------------------
+    def _ended(self, svc: Service) -> None:
+        """The service ended for good (exited, or failed): act on its exit_action."""
+        if svc.spec.exit_action != "poweroff" or self.stopping or self.exit_request is not None:
+            return
+        status = svc.last_status
+        code = 1 if status is None else exit_code(status)
+        reason = f"{svc.name} exited with 0" if svc.state == "exited" else f"{svc.name}: {svc.error}"
+        self.log.info(f"{svc.name}: exit_action poweroff (EXIT_STATUS={code})")
+        self.exit_request = (code, reason)
 
     def _stop_timeout(self, svc: Service) -> float:
         return svc.spec.stop_timeout or self.stop_timeout
 
-    def _tree(self, pid: int) -> list[psutil.Process]:
-        """The service's processes: the main one, its descendants, and its session's members."""
-        import psutil
-
-        procs: dict[int, psutil.Process] = {}
-        try:
-            main = psutil.Process(pid)
-            procs[pid] = main
-            for child in main.children(recursive=True):
-                procs[child.pid] = child
-        except psutil.Error:
-            pass
-        try:
-            entries = os.listdir(self.proc)
-        except OSError:
-            entries = []
-        for entry in entries:
-            other = int(entry) if entry.isdigit() else 0
-            if other and other not in procs and other != os.getpid() and self._session(other) == pid:
-                try:
-                    procs[other] = psutil.Process(other)
-                except psutil.Error:
-                    pass
-        return list(procs.values())
-
-    def _terminate(self, svc: Service, timeout: float, then: Callable[[], None]) -> None:
-        """SIGTERM the whole tree; SIGKILL what is left after timeout; then ``then()``."""
-        svc.state = "stopping"
-        svc.after_stop = then
-        svc.stop_started = time.monotonic()
-        svc.stop_how = "exited"
-        svc.stop_readiness_wait()
-        if svc.restart_timer is not None:
-            svc.restart_timer.cancel()
-            svc.restart_timer = None
-        svc.tree = self._tree(svc.pid) if svc.pid else []
-        if svc.tree:
-            svc.stop_how = "SIGTERM"
-        for proc in svc.tree:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except Exception:
-                pass
-        svc.kill_timer = self.loop.call_later(timeout, lambda: self._kill(svc))
-        self._check_stopped(svc)
-
-    def _kill(self, svc: Service) -> None:
-        svc.kill_timer = None
-        if svc.state != "stopping":
-            return
-        alive = [p for p in svc.tree if _alive(p)]
-        if alive:
-            svc.stop_how = "SIGKILL"
-            self.log.warning(f"{svc.name}: {len(alive)} process(es) still running after SIGTERM: SIGKILL")
-        for proc in alive:
-            try:
-                proc.kill()
-            except Exception:
-                pass
-
-    def _check_stopped(self, svc: Service) -> None:
-        """Stopped once the main process was reaped and no other process of its tree is left;
-        the main exit is an event (the reaper), leftovers are re-checked every 20 ms."""
-        svc.poll_timer = None
-        if svc.state != "stopping" or svc.pid:
-            return
-        if any(_alive(p) for p in svc.tree):
-            svc.poll_timer = self.loop.call_later(0.02, lambda: self._check_stopped(svc))
-            return
-        if svc.kill_timer is not None:
-            svc.kill_timer.cancel()
-            svc.kill_timer = None
-        svc.tree = []
-        then, svc.after_stop = svc.after_stop, None
-        if then is not None:
-            then()
+    def _sweep(self, svc: Service) -> None:
+        if not self.stopping:
+            self.stopper.sweep(svc, self._stop_timeout(svc))
 
     def stop_all(self, deadline: float) -> list[dict[str, object]]:
         """Stop every service in reverse dependency order (deepest level first, each level in
@@ -441,14 +442,17 @@ class Supervisor:
         self.stopping = True
         records: list[dict[str, object]] = []
         for svc in self.services.values():
-            for timer in (svc.restart_timer, svc.ready_timer):
+            for timer in (svc.restart_timer, svc.ready_timer, svc.sweep_timer):
                 if timer is not None:
                     timer.cancel()
+            svc.sweep_timer = None
             if svc.state in ("waiting", "backoff"):
                 svc.state = "stopped"
         for level in sorted({s.level for s in self.services.values()}, reverse=True):
             group = [
-                s for s in self.services.values() if s.level == level and (s.pid or s.state == "stopping")
+                s
+                for s in self.services.values()
+                if s.level == level and (s.pid or s.state == "stopping" or self.stopper.leftovers(s))
             ]
             for svc in group:
                 if svc.state == "stopping":
@@ -466,24 +470,18 @@ class Supervisor:
                         }
                     )
 
-                self._terminate(svc, timeout, done)
+                self.stopper.terminate(svc, timeout, done)
             self.loop.run_until(lambda: all(s.state != "stopping" for s in group), deadline)  # noqa: B023
         for svc in self.services.values():
             if svc.state == "stopping" or svc.pid:
-                for proc in svc.tree or self._tree(svc.pid):
-                    try:
-                        proc.kill()
-                    except Exception:
-                        pass
+                self.stopper.kill_now(svc)
                 records.append({"name": svc.name, "how": "SIGKILL (shutdown deadline)", "s": None})
                 svc.state = "stopped"
         return records
 
 
-def _alive(proc: psutil.Process) -> bool:
-    import psutil
-
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128+N when killed by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1

@@ -9,13 +9,15 @@
  *  - as PID 1 it powers the machine off when it exits, as the agent does.
  * What it does for tests: it records what it was started with (one JSON object) on the console,
  * prefixed by KATA_STANDIN_REPORT, and in /run/kata-standin.json; with `agent.standin_exit=N:S`
- * on the kernel command line it exits with status N after S seconds.
+ * on the kernel command line it exits with status N after S seconds; with
+ * `agent.standin_cgroup=PATH` it first makes a container's cgroup as the agent would (cgroups.c).
  *
  * Host unit tests redirect everything it touches through the environment:
  *   KATA_STANDIN_SOCKET   listen on this Unix socket instead of vsock (tests never use vsock)
  *   KATA_STANDIN_CMDLINE  read this instead of /proc/cmdline
  *   KATA_STANDIN_REPORT   write the report here instead of /run/kata-standin.json
  *   KATA_STANDIN_CONSOLE  append the console line here instead of /dev/console
+ *   KATA_STANDIN_CGROUP_ROOT  make agent.standin_cgroup's cgroup under this, not /sys/fs/cgroup
  * Built twice: static (like Kata <= 3.32's static musl agent) and with -DSTANDIN_DYNAMIC, linked
  * against libdevmapper and libseccomp (like Kata >= 4.0's glibc agent). */
 #define _GNU_SOURCE
@@ -34,6 +36,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -104,7 +107,7 @@ void buf_free(struct buf *b) {
     b->len = b->cap = 0;
 }
 
-static char *read_text(const char *path) {
+char *read_text(const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return NULL;
     struct buf b = {0};
@@ -334,6 +337,19 @@ static char *build_report(int argc, char **argv, const char *cmdline, const char
     buf_str(&b, "]");
     json_key(&b, "listen");
     buf_json_string(&b, listen);
+    /* /dev/ptmx: "-> pts/ptmx" when it is the link the agent's init mode makes, else the node */
+    json_key(&b, "ptmx");
+    ssize_t ptmx = readlink("/dev/ptmx", tmp, sizeof(tmp) - 1);
+    struct stat st;
+    if (ptmx >= 0) {
+        tmp[ptmx] = 0;
+        buf_printf(&b, "\"-> %s\"", tmp);
+    } else if (stat("/dev/ptmx", &st) == 0 && S_ISCHR(st.st_mode)) {
+        buf_printf(&b, "\"char %u:%u\"", major(st.st_rdev), minor(st.st_rdev));
+    } else {
+        buf_str(&b, "null");
+    }
+    report_cgroup_probe(&b, cmdline);
 #ifdef STANDIN_DYNAMIC
     char dm[64] = "";
     dm_get_library_version(dm, sizeof(dm));
