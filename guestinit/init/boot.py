@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from guestinit import __version__
-from guestinit.init import coldplug, modules, mounts, net, params, settings, tomlfiles
+from guestinit.init import coldplug, meminfo, modules, mounts, net, params, settings, tomlfiles
 from guestinit.init.clock import Phase, boottime, kernel_log_stamp
 from guestinit.init.context import Context
 from guestinit.init.gpu import phase as gpu
@@ -225,6 +225,7 @@ def ready_message(state: BootState) -> dict[str, str]:
         "X_GUESTINIT_MODULES": jsonenc.dumps([r.as_dict() for r in state.module_results]),
         "X_GUESTINIT_KERNEL": os.uname().release,
         "X_GUESTINIT_LOCKDOWN": "1" if state.locked else "",
+        **meminfo.ready_fields(state.root),
         **gpu_fields,
         "X_GUESTINIT_DEGRADED": ",".join(parts),
         "X_GUESTINIT_REAPED": f"{state.reaper.reaped}" if state.reaper.reaped else "",
