@@ -3,6 +3,7 @@ imports every guest module: read back from the cpio and run with the image's own
 
 from __future__ import annotations
 
+import marshal
 import os
 import subprocess
 from pathlib import Path
@@ -86,6 +87,16 @@ def test_every_elf_file_finds_its_libraries_in_the_image(tree: Path) -> None:
     assert elves > 5 and missing == []
 
 
+def test_the_boot_bundle_holds_the_boot_path(tree: Path) -> None:
+    bundle = tree / "usr/lib/python3/dist-packages/guestinit/init/boot.bundle"
+    data = marshal.loads(bundle.read_bytes())
+    names = set(data["modules"])
+    assert {"guestinit.init.pid1", "guestinit.init.boot", "guestinit.init.cli", "ctypes"} <= names
+    assert not any(n.startswith(("guestinit.host", "psutil", "pyinotify")) for n in names)
+    for _is_package, origin, header, _code in data["modules"].values():  # each as it is in the image
+        assert (tree / origin.lstrip("/")).read_bytes()[:16] == header
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 def test_every_guest_module_imports_with_the_image_python(tree: Path) -> None:
     code = (
@@ -113,3 +124,21 @@ def test_every_guest_module_imports_with_the_image_python(tree: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("[]"), out.stdout
     assert not out.stderr  # no "Could not find platform libraries" warnings either
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_init_imports_its_boot_path_from_the_bundle(tree: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.path.append('/usr/lib/python3/dist-packages')\n"
+        "from guestinit.init import bundle\n"
+        "finder = bundle.install()\n"
+        "import guestinit.init.cli, guestinit.init.pid1\n"
+        "print(len(finder.served), sys.modules['guestinit.init.boot'].__spec__.loader is finder)\n"
+    )
+    out = subprocess.run(
+        ["chroot", os.fspath(tree), "/usr/bin/python3", "-IS", "-c", code], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    served, from_bundle = out.stdout.split()
+    assert int(served) > 30 and from_bundle == "True"
