@@ -24,18 +24,21 @@ KATA_IMAGE_APPEND = (
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CPIO_MAGIC = b"070701"
 GZIP_MAGIC = b"\x1f\x8b"
+# The other compressions Debian's kernel unpacks an initrd from (RD_*): lz4 (legacy frames,
+# `lz4 -l`), xz, lzma, bzip2, lzo
+OTHER_INITRD_MAGICS = (b"\x02\x21\x4c\x18", b"\xfd7zXZ\x00", b"\x5d\x00\x00", b"BZh", b"\x89LZO")
 
 
 def image_form(image: Path) -> str:
     """ "initrd" (a cpio, plain or compressed) or "image" (a disk with a partition table)."""
     with open(image, "rb") as f:
         head = f.read(512)
-    if head.startswith((CPIO_MAGIC, ZSTD_MAGIC, GZIP_MAGIC)):
+    if head.startswith((CPIO_MAGIC, ZSTD_MAGIC, GZIP_MAGIC, *OTHER_INITRD_MAGICS)):
         return "initrd"
     if len(head) == 512 and head[510:] == b"\x55\xaa":
         return "image"
     raise UserError(
-        f"{image} is neither an initrd (newc cpio, zstd or gzip) nor a disk image",
+        f"{image} is neither an initrd (newc cpio, plain or compressed) nor a disk image",
         hint="give what `guestctl build` wrote (build/kata/)",
     )
 

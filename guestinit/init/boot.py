@@ -10,8 +10,19 @@ from __future__ import annotations
 import os
 
 from guestinit import __version__
-from guestinit.init import cgroups, coldplug, modules, mounts, net, params, settings, tomlfiles
-from guestinit.init.clock import Phase, boottime, kernel_log_stamp
+from guestinit.init import (
+    cgroups,
+    coldplug,
+    meminfo,
+    modules,
+    mounts,
+    net,
+    params,
+    settings,
+    syscalls,
+    tomlfiles,
+)
+from guestinit.init.clock import Phase, boottime, kernel_log_stamp, log_text_stamp
 from guestinit.init.context import Context
 from guestinit.init.gpu import phase as gpu
 from guestinit.init.kmsg import LEVELS, Log
@@ -116,8 +127,11 @@ def start_modules(state: BootState) -> None:
 def read_exec_time(state: BootState) -> None:
     """When the kernel ran init, from its log: the start of "init exec to READY"."""
     if state.exec_s is None and state.root.is_real:
-        # "Run /init as init process" from an initrd, "Run /sbin/init ..." from a root disk
-        state.exec_s = kernel_log_stamp(" as init process", state.root("/dev/kmsg"))
+        # "Run /init as init process" from an initrd, "Run /sbin/init ..." from a root disk;
+        # the whole log in one syslog(2) call, else record by record from /dev/kmsg
+        state.exec_s = log_text_stamp(" as init process", syscalls.kernel_log())
+        if state.exec_s is None:
+            state.exec_s = kernel_log_stamp(" as init process", state.root("/dev/kmsg"))
 
 
 def finish_modules(state: BootState) -> None:
@@ -254,6 +268,7 @@ def ready_message(state: BootState) -> dict[str, str]:
         "X_GUESTINIT_MODULES": jsonenc.dumps([r.as_dict() for r in state.module_results]),
         "X_GUESTINIT_KERNEL": os.uname().release,
         "X_GUESTINIT_LOCKDOWN": "1" if state.locked else "",
+        **meminfo.ready_fields(state.root),
         **gpu_fields,
         "X_GUESTINIT_DEGRADED": ",".join(parts),
         "X_GUESTINIT_REAPED": f"{state.reaper.reaped}" if state.reaper.reaped else "",

@@ -75,6 +75,24 @@ class _PhaseContext:
             self._phase.error = f"{type(exc).__name__}: {exc}"
 
 
+def log_text_stamp(marker: str, text: bytes) -> float | None:
+    """Time of the first line of the kernel's log as text (syslog(2), dmesg: "<6>[    2.201000]
+    Run /init as init process") containing ``marker``; None when there is none, or when its
+    line carries no time stamp (printk.time=0)."""
+    wanted = marker.encode()
+    pos = text.find(wanted)
+    while pos >= 0:
+        line = text[text.rfind(b"\n", 0, pos) + 1 : pos]
+        open_, close = line.find(b"["), line.find(b"]")
+        if 0 <= open_ < close:
+            try:
+                return float(line[open_ + 1 : close])
+            except ValueError:
+                pass
+        pos = text.find(wanted, pos + len(wanted))
+    return None
+
+
 def kernel_log_stamp(marker: str, kmsg: str = "/dev/kmsg") -> float | None:
     """Time of the first kernel log record containing ``marker`` (monotonic
     seconds since boot, as the kernel stamps records), read without blocking from /dev/kmsg.

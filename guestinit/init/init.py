@@ -7,6 +7,9 @@ import time
 _start = time.clock_gettime(time.CLOCK_BOOTTIME)
 sys.path.append("/usr/lib/python3/dist-packages")
 
+from guestinit.init import bundle  # noqa: E402
+
+bundle.install()  # the rest of the boot path from one file of compiled code (bundle.py)
 from guestinit.init.cli import main  # noqa: E402
 
 # Run as init.pyc from /init's "#!/usr/bin/env -S python3 -IS .../init.pyc" line, the kernel

@@ -1,4 +1,4 @@
-"""The few system calls Python's os module lacks: mount, umount2, reboot, finit_module.
+"""The few system calls Python's os module lacks: mount, umount2, reboot, finit_module, syslog.
 
 ctypes over libc, loaded once on first use; every failure raises OSError with errno set.
 """
@@ -21,6 +21,8 @@ RB_DISABLE_CAD = 0
 RB_ENABLE_CAD = 0x89ABCDEF
 
 SYS_FINIT_MODULE = 313  # x86_64
+SYSLOG_ACTION_READ_ALL = 3
+SYSLOG_ACTION_SIZE_BUFFER = 10
 
 _libc: ctypes.CDLL | None = None
 
@@ -61,3 +63,15 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
         ctypes.c_int(flags),
     )
     _check(result, "finit_module")
+
+
+def kernel_log() -> bytes:
+    """The kernel's log buffer as text, one line per record ("<6>[    2.201000] Run /init ..."),
+    in one syslog(2) call (SYSLOG_ACTION_READ_ALL: nothing is consumed); b"" when refused.
+    /dev/kmsg gives one record per read(2): hundreds of system calls for a boot's log."""
+    size = libc().klogctl(SYSLOG_ACTION_SIZE_BUFFER, None, 0)
+    if size <= 0:
+        return b""
+    buf = ctypes.create_string_buffer(size)
+    length = libc().klogctl(SYSLOG_ACTION_READ_ALL, buf, size)
+    return buf.raw[:length] if length > 0 else b""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from guestinit.host.bench import plot as benchplot
-from guestinit.host.bench.run import render_svg, stats_from_json
+from guestinit.host.bench.report import render_svg, stats_from_json
 from guestinit.host.bench.stats import PHASES, Stat
 
 RECORDED = Path(__file__).parent / "data" / "recorded-bench.json"
@@ -88,7 +88,7 @@ def test_guestinit_row_shows_its_own_phases(report: dict[str, object]) -> None:
 
 
 def test_init_phases_split_exec_to_ready() -> None:
-    from guestinit.host.bench.run import init_phases
+    from guestinit.host.bench.stats import init_phases
 
     run = {"exec_s": 2.0, "start_s": 2.4, "phases": [{"name": "mounts", "start_s": 2.9, "end_s": 3.0}]}
     assert [(p["name"], p["start_s"], p["end_s"]) for p in init_phases(run)] == [
@@ -113,3 +113,18 @@ def test_ticks_cover_the_longest_row() -> None:
     lay = benchplot.layout([{"name": "x", "caption": "", "summary": stat, "phases": []}], "t", "s")
     assert float(lay.ticks[-1].label.removesuffix("s")) >= 14.5
     assert len(lay.ticks) <= 17
+
+
+def test_each_row_but_the_floors_says_its_difference_from_the_floor(report: dict[str, object]) -> None:
+    root = ET.fromstring(render_svg(report))
+    deltas = {
+        r.get("data-image"): r.findtext("svg:text[@class='delta']", None, NS)
+        for r in root.findall("svg:g[@class='row']", NS)
+    }
+    assert deltas["busybox"] is None
+    images = report["images"]
+    assert isinstance(images, list)
+    guestinit, floor = stats_from_json(images[0]), stats_from_json(images[1])
+    kernel = guestinit["kernel_s"].median - floor["kernel_s"].median  # type: ignore[union-attr]
+    text = deltas["guestinit"]
+    assert text is not None and text.startswith("vs floor: ") and f"kernel {kernel:+.2f} s" in text

@@ -206,6 +206,9 @@ def test_image_form_is_told_by_content(tmp_path: Path) -> None:
     disk = tmp_path / "kata-containers.img"
     disk.write_bytes(erofs.mbr(1, 2048, 8) + bytes(4096))
     assert media.image_form(cpio) == "initrd" and media.image_form(disk) == "image"
+    lz4 = tmp_path / "initrd.lz4"  # `lz4 -l`, the legacy frames the kernel reads
+    lz4.write_bytes(b"\x02\x21\x4c\x18" + bytes(600))
+    assert media.image_form(lz4) == "initrd"
     junk = tmp_path / "junk"
     junk.write_bytes(b"hello")
     with pytest.raises(UserError, match="neither an initrd"):

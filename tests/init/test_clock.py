@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guestinit.init.clock import Timeline, kernel_log_stamp
+from guestinit.init.clock import Timeline, kernel_log_stamp, log_text_stamp
 
 
 def test_kernel_log_stamp_finds_init_exec(tmp_path: Path) -> None:
@@ -17,6 +17,21 @@ def test_kernel_log_stamp_finds_init_exec(tmp_path: Path) -> None:
     assert kernel_log_stamp(" as init process", str(kmsg)) == 3.719123  # what boot asks: /init or /sbin/init
     assert kernel_log_stamp("absent", str(kmsg)) is None
     assert kernel_log_stamp("x", str(tmp_path / "missing")) is None
+
+
+def test_log_text_stamp_reads_the_logs_text_form() -> None:
+    text = (
+        b"<5>[    0.000000] Linux version 6.12\n"
+        b"<6>[    2.100000] Run /init as init process\n"  # its first appearance is the one
+        b"<6>[    3.719123][    T1] Run /sbin/init as init process\n"
+        b"<6>Run /init as init process without a stamp\n"
+    )
+    assert log_text_stamp(" as init process", text) == 2.1
+    assert log_text_stamp("Run /sbin/init", text) == 3.719123  # printk caller ids after the time
+    assert log_text_stamp("without a stamp", text) is None  # printk.time=0
+    assert log_text_stamp("absent", text) is None
+    assert log_text_stamp(" as init process", b"") is None
+    assert log_text_stamp("x", b"<6>[  bad ] x\n<6>[ 1.5] x\n") == 1.5
 
 
 def test_timeline_records_errors() -> None:

@@ -43,8 +43,9 @@ SYSTEMD_ID = "baseline-systemd"
 # never appears. Given to every image in a bench run so the command lines stay identical.
 SYSTEMD_APPEND = "systemd.firstboot=off systemd.mask=serial-getty@ttyS0.service"
 
-# The floor's PID 1. Mounts what finding the notify port needs, stamps the uptime (READY),
-# then reads the kernel's exec record and writes one notify message ending with a blank line.
+# The floor's PID 1. Mounts what finding the notify port needs, stamps the uptime (READY), reads
+# the memory in use and the kernel's exec record, and writes one notify message ending with a
+# blank line.
 BUSYBOX_INIT = r"""#!/bin/busybox sh
 # guestctl bench floor: a busybox shell as PID 1 doing only what reporting READY needs.
 export PATH=/bin
@@ -58,12 +59,17 @@ for d in /sys/class/virtio-ports/*; do
     if [ "$name" = guestinit.notify ]; then port=/dev/${d##*/}; fi
 done
 read -r up _ < /proc/uptime
+while read -r key value _; do
+    case $key in MemTotal:) total=$value ;; MemAvailable:) available=$value ;; esac
+done < /proc/meminfo
 exec_s=$(dmesg | sed -n 's/^\[ *\([0-9.]*\)\] Run \/init as init process.*/\1/p')
 msg="READY=1
 STATUS=busybox floor ready
 X_BENCH_INIT=busybox
 X_GUESTINIT_READY_S=$up
 X_GUESTINIT_EXEC_S=$exec_s
+X_GUESTINIT_MEM_TOTAL_KIB=$total
+X_GUESTINIT_MEM_AVAILABLE_KIB=$available
 "
 if [ -n "$port" ]; then
     printf '%s\n' "$msg" > "$port"

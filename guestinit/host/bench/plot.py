@@ -1,6 +1,7 @@
 """The bench's SVG timeline, like ``systemd-analyze plot``: one row per image, one bar per phase
 (median durations laid end to end on the host's time axis), a whisker for the spread of
-host-observed READY, and the init's own phases (from the median run) in a thin row below.
+host-observed READY, the init's own phases (from the median run) in a thin row below, and a
+line under it with each phase's median difference from the busybox floor.
 
 The layout (every coordinate) is computed here; templates/bench.svg.j2 only draws it.
 """
@@ -46,6 +47,7 @@ class Row:
     whisker: tuple[float, float, float] | None = None  # x_min, x_max, y
     ready_x: float | None = None
     ready_label: str = ""
+    delta: str = ""  # the medians' differences from the floor, phase by phase
 
 
 @dataclass
@@ -80,8 +82,9 @@ def layout(
     title: str,
     subtitle: str | list[str],
 ) -> Layout:
-    """``images``: dicts with ``name``, ``caption``, ``summary`` (metric -> Stat | None) and
-    ``phases`` (the init's own phases of the median run: name, start_s, end_s on guest time)."""
+    """``images``: dicts with ``name``, ``caption``, ``summary`` (metric -> Stat | None),
+    ``phases`` (the init's own phases of the median run: name, start_s, end_s on guest time) and
+    optionally ``delta`` (a line of differences from the floor)."""
     span = 0.0
     for img in images:
         summary = _summary(img)
@@ -99,7 +102,7 @@ def layout(
     for img in images:
         summary = _summary(img)
         name = str(img.get("name", ""))
-        row = Row(name=name, caption=str(img.get("caption", "")), y=y)
+        row = Row(name=name, caption=str(img.get("caption", "")), y=y, delta=str(img.get("delta") or ""))
         start = 0.0
         for key in PHASES:
             stat = summary.get(key)

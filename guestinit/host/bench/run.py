@@ -1,10 +1,12 @@
 """``guestctl bench``: boot each image N times, interleaved, with one kernel, one QEMU setup and one
-accelerator; report median/min/max of each boot phase, the ratios between images, a table,
-JSON and an SVG timeline.
+accelerator; report median/min/max of each boot phase and of the init's own phases, each
+image's difference from the busybox floor, the ratios between images, the guest's memory in
+use at READY, a table, JSON (every run kept) and an SVG timeline.
 
-Images: ``guestinit`` (the default Kata image, built when needed), ``busybox`` (the floor) and
-``systemd`` (the same userland with systemd as init), see guestinit.host.bench.baselines; or any
-``NAME=PATH`` cpio whose init reports READY the same way. Phase definitions: stats.
+Images (guestinit.host.bench.images): ``guestinit``, ``guestinit-erofs``, ``guestinit-gpu``,
+``servicevm``, ``busybox`` (the floor), ``systemd``, or any ``NAME=PATH`` whose init reports
+READY the same way. Phase definitions: stats. ``--imports`` adds one boot of each guestinit
+initrd with ``-X importtime`` (importtime) and prints the boot path's imports.
 """
 
 from __future__ import annotations
@@ -14,43 +16,47 @@ import datetime
 import json
 import os
 import sys
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
 from guestinit.atomicfile import write_atomic
-from guestinit.host.bench import stats
+from guestinit.host.bench import baselines, stats
+from guestinit.host.bench import images as bench_images
+from guestinit.host.bench.images import BenchImage
+from guestinit.host.bench.report import format_table, render_svg
+from guestinit.host.boot import BootOptions, boot, choose_accel, choose_transport
 from guestinit.host.errors import UserError
+from guestinit.host.qemu import DEFAULT_VSOCK_PORT, find_qemu, qemu_version
+from guestinit.host.result import BootResult
 
-BUILTIN = ("guestinit", "busybox", "systemd")
-CAPTIONS = {
-    "guestinit": "guestinit as PID 1",
-    "busybox": "busybox sh /init (floor)",
-    "systemd": "systemd as init",
+# What of a boot's notify fields the bench keeps, under the names its JSON uses.
+KEPT_FIELDS = {
+    "X_GUESTINIT_START_S": "start_s",  # guestinit's first Python line: splits exec to READY
+    "X_GUESTINIT_MEM_TOTAL_KIB": "mem_total_kib",
+    "X_GUESTINIT_MEM_AVAILABLE_KIB": "mem_available_kib",
 }
-
-
-@dataclass(frozen=True)
-class BenchImage:
-    name: str
-    initrd: Path
-    caption: str
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="guestctl bench",
         description="Boot images N times each (interleaved) under one kernel and QEMU setup; "
-        "print median/min/max per boot phase and the ratios guestinit/floor, systemd/guestinit.",
+        "print median/min/max per boot phase, each image's difference from the busybox floor, "
+        "and the ratios guestinit/floor, systemd/guestinit.",
     )
     p.add_argument("--runs", type=int, default=3, help="boots per image (default 3)")
     p.add_argument(
         "--image",
         action="append",
         metavar="NAME[=PATH]",
-        help="guestinit, busybox, systemd, or NAME=PATH of a cpio reporting READY (repeatable; "
-        "default: all three built-in images)",
+        help="guestinit, guestinit-erofs, guestinit-gpu, servicevm, busybox, systemd, or NAME=PATH "
+        "of an initrd or disk image reporting READY (repeatable; default: guestinit, busybox, systemd)",
     )
-    p.add_argument("--kernel", help="kernel for every image (default: the one beside the guestinit image)")
+    p.add_argument(
+        "--kernel",
+        help="kernel for every image (default: a disk image's own kernel when one is benched, "
+        "else the one beside the guestinit image)",
+    )
     p.add_argument(
         "--accel",
         choices=("auto", "kvm", "tcg"),
@@ -66,6 +72,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
     p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each READY")
+    p.add_argument(
+        "--imports",
+        action="store_true",
+        help="also boot each guestinit initrd once with python3 -X importtime and print its imports",
+    )
     p.add_argument("--json", metavar="FILE", help="write every run and the statistics as JSON")
     p.add_argument("--svg", metavar="FILE", help="write the timeline picture")
     p.add_argument("--runs-dir", metavar="DIR", help="console logs (default build/bench/<time>)")
@@ -77,119 +88,67 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def parse_image_specs(specs: list[str] | None) -> list[tuple[str, Path | None]]:
-    """``NAME`` (a built-in) or ``NAME=PATH``; names are unique."""
-    out: list[tuple[str, Path | None]] = []
-    for spec in specs or list(BUILTIN):
-        name, sep, path = spec.partition("=")
-        if not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise UserError(f"--image {spec!r}: bad name", hint="use letters, digits, - _ . (e.g. guestinit)")
-        if sep and not path:
-            raise UserError(f"--image {spec!r}: empty path", hint="use NAME=PATH")
-        if not sep and name not in BUILTIN:
-            raise UserError(
-                f"--image {spec!r} is not a built-in image", hint=f"use {', '.join(BUILTIN)} or NAME=PATH"
-            )
-        if any(name == n for n, _ in out):
-            raise UserError(f"--image {name} given twice", hint="name each image once")
-        out.append((name, Path(path) if sep else None))
-    return out
-
-
-def resolve_images(specs: list[tuple[str, Path | None]]) -> list[BenchImage]:
-    from guestinit.host.bench import baselines
-
-    images = []
-    for name, path in specs:
-        if path is None:
-            if name == "guestinit":
-                path = _guestinit_image()
-            elif name == "busybox":
-                path = baselines.busybox_floor()
-            else:
-                path = baselines.systemd_baseline()
-        if not path.is_file():
-            raise UserError(f"--image {name}={path}: file not found", hint="give an existing cpio initrd")
-        images.append(BenchImage(name, path, CAPTIONS.get(name, path.name)))
-    return images
-
-
-def _guestinit_image() -> Path:
-    """The default Kata image, built (or restored from the cache) when its inputs changed."""
-    from guestinit.host.build.builder import build
-    from guestinit.host.media import DEFAULT_IMAGE
-
-    print("guestctl bench: checking the guestinit image (guestctl build kata --if-needed)", file=sys.stderr)
-    manifest = build("kata", if_needed=True)
-    return manifest.parent / DEFAULT_IMAGE.name
-
-
-def _kernel(args: argparse.Namespace, images: list[BenchImage]) -> Path:
-    from guestinit.host.media import resolve_kernel
-
-    if args.kernel:
-        return resolve_kernel(Path(args.kernel), Path(args.kernel))
-    for image in images:
-        if image.name == "guestinit":
-            return resolve_kernel(image.initrd, None)
-    return resolve_kernel(_guestinit_image(), None)
-
-
 def _kernel_version(kernel: Path) -> str:
     kver = kernel.with_name(kernel.name.removesuffix(".vmlinuz") + ".kver")
     return kver.read_text().strip() if kver.is_file() else ""
 
 
-def _record(result: object) -> dict[str, object]:
-    from guestinit.host.result import BootResult
-
-    assert isinstance(result, BootResult)
+def _record(result: BootResult) -> dict[str, object]:
     d = result.as_dict()
     keep = ("ready", "error", "wall_s", "ready_host_s", "uptime_at_ready_s", "exec_s", "status", "phases")
     out = {k: d[k] for k in keep}
-    # guestinit's stamp of its first Python line (X_GUESTINIT_START_S): splits exec-to-READY
-    # into interpreter start, imports, and its own phases
-    start = result.notify.get("X_GUESTINIT_START_S")
-    out["start_s"] = float(start) if start else None
+    for field, key in KEPT_FIELDS.items():
+        value = result.notify.get(field)
+        try:
+            out[key] = float(value) if value else None
+        except ValueError:
+            out[key] = None
     out["console_log"] = result.console_log
     return out
 
 
-def init_phases(run: dict[str, object]) -> list[dict[str, object]]:
-    """The init's phases of one recorded run, led by "python" (exec to its first line) and
-    "imports" (first line to its first phase) where the init stamps its start."""
-    phases = [p for p in run.get("phases") or [] if isinstance(p, dict)]  # type: ignore[attr-defined]
-    exec_s, start_s = run.get("exec_s"), run.get("start_s")
-    if isinstance(exec_s, float) and isinstance(start_s, float) and phases and exec_s < start_s:
-        first = float(str(phases[0]["start_s"]))
-        lead = [{"name": "python", "start_s": exec_s, "end_s": start_s}]
-        if start_s < first:
-            lead.append({"name": "imports", "start_s": start_s, "end_s": first})
-        phases = lead + phases
-    return phases
-
-
-def run_bench(args: argparse.Namespace) -> dict[str, object]:
-    from guestinit.host.bench import baselines
-    from guestinit.host.boot import BootOptions, boot, choose_accel, choose_transport
-    from guestinit.host.qemu import DEFAULT_VSOCK_PORT, find_qemu, qemu_version
-
-    images = resolve_images(parse_image_specs(args.image))
-    kernel = _kernel(args, images)
-    kver = _kernel_version(kernel)
+def _warn_kernel_mismatch(images: list[BenchImage], kver: str) -> None:
     for image in images:
-        image_kver = baselines.kernel_version_of(image.initrd)
+        image_kver = baselines.kernel_version_of(image.path)
         if kver and image_kver and image_kver != kver:
             print(
                 f"guestctl bench: warning: {image.name}'s modules are for {image_kver}, the kernel is {kver}",
                 file=sys.stderr,
             )
-    binary = find_qemu()
-    accel, accel_why = choose_accel(args.accel, kernel)
-    transport = choose_transport(args.transport)
+
+
+def _append(transport: str) -> str:
+    """What every image's command line gets beyond guestctl boot's own (identical for all)."""
     append = baselines.SYSTEMD_APPEND
     if transport == "vsock":  # systemd reports READY itself over vsock (references §3)
         append += f" systemd.set_credential=vmm.notify_socket:vsock-stream:2:{DEFAULT_VSOCK_PORT}"
+    return append
+
+
+def _boot_options(
+    args: argparse.Namespace, accel: str, transport: str, image: BenchImage, kernel: Path, run_dir: Path
+) -> BootOptions:
+    return BootOptions(
+        image=image.path,
+        kernel=kernel,
+        append=_append(transport),
+        accel=accel,
+        transport=transport,
+        timeout_s=args.timeout,
+        memory_mb=args.memory,
+        cpus=args.cpus,
+        run_dir=run_dir,
+    )
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, object]:
+    images = bench_images.resolve(bench_images.parse_specs(args.image))
+    kernel, kernel_why = bench_images.choose_kernel(images, Path(args.kernel) if args.kernel else None)
+    kver = _kernel_version(kernel)
+    _warn_kernel_mismatch(images, kver)
+    binary = find_qemu()
+    accel, accel_why = choose_accel(args.accel, kernel)  # probed once, the same for every boot
+    transport = choose_transport(args.transport)
     started = datetime.datetime.now(datetime.UTC)
     runs_dir = Path(args.runs_dir or Path("build/bench") / started.strftime("%Y%m%d-%H%M%S"))
     load_before = os.getloadavg()
@@ -197,60 +156,56 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     by_name = {image.name: image for image in images}
     order = stats.schedule([image.name for image in images], args.runs)
     for run, name in order:
-        image = by_name[name]
-        opts = BootOptions(
-            image=image.initrd,
-            kernel=kernel,
-            append=append,
-            accel=accel,
-            transport=transport,
-            timeout_s=args.timeout,
-            memory_mb=args.memory,
-            cpus=args.cpus,
-            run_dir=runs_dir / f"{name}-{run}",
-        )
+        opts = _boot_options(args, accel, transport, by_name[name], kernel, runs_dir / f"{name}-{run}")
         record = _record(boot(opts))
         record["run"] = run
         records[name].append(record)
-        print(f"  run {run}/{args.runs} {name:<10} {_progress(record)}", file=sys.stderr, flush=True)
+        print(f"  run {run}/{args.runs} {name:<15} {_progress(record)}", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
+    imports = _imports(args, accel, transport, images, kernel, runs_dir) if args.imports else {}
     out_images = []
     summaries: dict[str, dict[str, stats.Stat | None]] = {}
     for image in images:
         samples = [stats.sample(r) for r in records[image.name]]
         for r, s in zip(records[image.name], samples, strict=True):
             r["metrics"] = {k: None if v is None else round(v, 4) for k, v in s.items()}
+            r["init_phases"] = {k: round(v, 4) for k, v in stats.phase_durations(r).items()}
         summaries[image.name] = stats.summarize(samples)
         rep = stats.representative(samples)
         out_images.append(
             {
                 "name": image.name,
                 "caption": image.caption,
-                "initrd": os.fspath(image.initrd),
-                "initrd_bytes": image.initrd.stat().st_size,
+                "form": image.form,
+                "initrd": os.fspath(image.path),
+                "initrd_bytes": image.path.stat().st_size,
                 "summary": {
                     k: (None if v is None else v.as_dict()) for k, v in summaries[image.name].items()
+                },
+                "init_phase_summary": {
+                    k: v.as_dict() for k, v in stats.summarize_phases(records[image.name]).items()
                 },
                 "representative_run": None if rep is None else records[image.name][rep]["run"],
                 "runs": records[image.name],
             }
         )
+    floor = summaries.get(stats.FLOOR)
+    for image_out in out_images:
+        name = str(image_out["name"])
+        image_out["vs_floor"] = (
+            None
+            if floor is None or name == stats.FLOOR
+            else {k: _round(v) for k, v in stats.floor_differences(summaries[name], floor).items()}
+        )
     goals = stats.goals(summaries)
-    ratios = {}
-    for num, den in (("guestinit", "busybox"), ("systemd", "guestinit")):
-        if num in summaries and den in summaries:
-            ratios[f"{num}/{den}"] = {
-                m.key: _round(stats.ratio(summaries[num][m.key], summaries[den][m.key]))
-                for m in stats.METRICS
-                if m.key in ("ready_uptime_s", "ready_host_s", "init_s", "kernel_s")
-            }
     return {
-        "version": 1,
+        "version": 2,
         "conditions": {
             "started": started.isoformat(timespec="seconds"),
             "runs": args.runs,
             "order": "interleaved: " + ", ".join(f"{n}#{r}" for r, n in order[: len(images) + 1]) + ", ...",
             "kernel": os.fspath(kernel),
+            "kernel_why": kernel_why,
             "kernel_version": kver,
             "qemu": f"{binary} {qemu_version(binary)}",
             "accel": accel,
@@ -259,17 +214,68 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             "machine": "q35",
             "cpus": args.cpus,
             "memory_mb": args.memory,
-            "append_extra": append,
+            "append_extra": _append(transport),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in load_after],
             "runs_dir": os.fspath(runs_dir),
         },
-        "definitions": {m.key: m.label for m in stats.METRICS},
+        "definitions": {m.key: m.label for m in (*stats.METRICS, stats.MEMORY)},
         "images": out_images,
-        "ratios": ratios,
+        "ratios": _ratios(summaries),
         "goals": [{"name": g.name, "ratio": _round(g.ratio), "limit": g.limit, "met": g.met} for g in goals],
         "goal_text": [g.text for g in goals],
+        "imports": imports,
     }
+
+
+def _ratios(summaries: dict[str, dict[str, stats.Stat | None]]) -> dict[str, dict[str, float | None]]:
+    """Each image's medians over the floor's, and systemd's over guestinit's."""
+    pairs = [(name, stats.FLOOR) for name in summaries if name != stats.FLOOR]
+    pairs.append(("systemd", "guestinit"))
+    out = {}
+    for num, den in pairs:
+        if num in summaries and den in summaries:
+            out[f"{num}/{den}"] = {
+                m.key: _round(stats.ratio(summaries[num][m.key], summaries[den][m.key]))
+                for m in stats.METRICS
+                if m.key in ("ready_uptime_s", "ready_host_s", "init_s", "kernel_s")
+            }
+    return out
+
+
+def _imports(
+    args: argparse.Namespace,
+    accel: str,
+    transport: str,
+    images: list[BenchImage],
+    kernel: Path,
+    runs_dir: Path,
+) -> dict[str, object]:
+    """One boot of each guestinit initrd with ``-X importtime``: its imports, as parsed."""
+    from guestinit.host.bench import importtime
+
+    out: dict[str, object] = {}
+    for image in images:
+        if image.form != "initrd" or not image.name.startswith(("guestinit", "servicevm")):
+            continue
+        run_dir = runs_dir / f"{image.name}-importtime"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="guestinit-importtime-") as tmp:
+            extra = importtime.overlay(image.path, Path(tmp) / "importtime.cpio")
+            opts = _boot_options(args, accel, transport, image, kernel, run_dir)
+            opts.extra_initrd = [extra]
+            result = boot(opts)
+        found = importtime.parse(Path(result.console_log).read_text(errors="replace"))
+        out[image.name] = {
+            "ready": result.ready,
+            "modules": len(found),
+            "total_ms": round(importtime.total_us(found) / 1000, 1),
+            "heavy": importtime.heavy(found),
+            "imports": [[i.name, i.self_us, i.cumulative_us, i.depth] for i in found],
+            "console_log": result.console_log,
+        }
+        print(f"{image.name}: {importtime.report(found)}", file=sys.stderr, flush=True)
+    return out
 
 
 def _round(value: float | None) -> float | None:
@@ -281,86 +287,6 @@ def _progress(record: dict[str, object]) -> str:
         return f"FAILED: {record['error']} (console {record['console_log']})"
     up, host = record["uptime_at_ready_s"], record["ready_host_s"]
     return f"READY at guest {up} s, host {host} s"
-
-
-def stats_from_json(image: dict[str, object]) -> dict[str, stats.Stat | None]:
-    summary = image["summary"]
-    assert isinstance(summary, dict)
-    return {k: None if v is None else stats.Stat(**v) for k, v in summary.items()}
-
-
-def format_table(report: dict[str, object]) -> str:
-    cond = report["conditions"]
-    assert isinstance(cond, dict)
-    lines = [
-        f"guestctl bench: {cond['runs']} run(s) per image, interleaved; "
-        f"kernel {cond['kernel_version'] or cond['kernel']}; {cond['qemu']}, accel {cond['accel']}, "
-        f"{cond['machine']}, {cond['cpus']} vCPU, {cond['memory_mb']} MiB; transport {cond['transport']}",
-        f"load average before {cond['loadavg_before']}, after {cond['loadavg_after']}",
-        "",
-        f"{'image':<11} {'initrd':>8}  {'phase (seconds)':<38} {'median':>7} {'min':>7} {'max':>7} {'n':>3}",
-    ]
-    images = report["images"]
-    assert isinstance(images, list)
-    for image in images:
-        summary = stats_from_json(image)
-        first = True
-        for metric in stats.METRICS:
-            stat = summary.get(metric.key)
-            head = f"{image['name']:<11} {image['initrd_bytes'] / 1e6:>6.1f}MB" if first else " " * 20
-            first = False
-            if stat is None:
-                lines.append(f"{head}  {metric.label:<38} {'-':>7} {'-':>7} {'-':>7} {0:>3}")
-            else:
-                values = f"{stat.median:>7.3f} {stat.min:>7.3f} {stat.max:>7.3f} {stat.n:>3}"
-                lines.append(f"{head}  {metric.label:<38} {values}")
-        failed = [r for r in image["runs"] if not r["ready"]]
-        if failed:
-            lines.append(f"{'':<20}  {len(failed)} run(s) without READY: {failed[0]['error']}")
-    ratios = report["ratios"]
-    assert isinstance(ratios, dict)
-    if ratios:
-        lines.append("")
-        for name, values in ratios.items():
-            parts = [
-                f"{k.removesuffix('_s').replace('_', ' ')} {v:.3f}"
-                for k, v in values.items()
-                if v is not None
-            ]
-            lines.append(f"ratio {name} (medians): " + ", ".join(parts))
-    goal_text = report["goal_text"]
-    assert isinstance(goal_text, list)
-    for text in goal_text:
-        lines.append(f"goal {text}")
-    return "\n".join(lines)
-
-
-def render_svg(report: dict[str, object]) -> str:
-    from guestinit.host.bench import plot
-
-    cond = report["conditions"]
-    images = report["images"]
-    assert isinstance(cond, dict) and isinstance(images, list)
-    rows = []
-    for image in images:
-        rep = image["representative_run"]
-        phases = next((init_phases(r) for r in image["runs"] if r["run"] == rep), [])
-        rows.append(
-            {
-                "name": image["name"],
-                "caption": f"{image['caption']}, {image['initrd_bytes'] / 1e6:.1f} MB",
-                "summary": stats_from_json(image),
-                "phases": phases,
-            }
-        )
-    goal_text = report["goal_text"]
-    subtitle = [
-        f"{cond['runs']} run(s) each, interleaved, medians; kernel {cond['kernel_version']}, "
-        f"accel {cond['accel']}, {cond['cpus']} vCPU, {cond['memory_mb']} MiB; "
-        f"load average {cond['loadavg_before'][0]} before, {cond['loadavg_after'][0]} after",
-        "; ".join(str(t) for t in goal_text) if isinstance(goal_text, list) else "",
-    ]
-    return plot.render(plot.layout(rows, "Boot to READY: where the time goes", subtitle))
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,12 @@ Each boot gives four numbers on two clocks (seconds):
 - ``ready_host_s`` host-observed READY: QEMU start to the READY message at the host listener.
 
 ``ready_uptime_s`` (the guest's uptime at READY, ``kernel_s + init_s``) is what the goals compare.
+
+Beside the clocks: ``mem_used_mib``, the guest's memory in use at READY (MemTotal minus
+MemAvailable, which the init sends with READY), and the init's own phases (``init_phases``:
+interpreter start, imports, then each phase it stamped), whose medians say where init exec to
+READY goes. Every image is compared with the floor (``floor_differences``): the median of each
+metric minus the floor's.
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("ready_host_s", "READY, host-observed", "READY (host)"),
 )
 METRIC_KEYS = tuple(m.key for m in METRICS)
+MEMORY = Metric("mem_used_mib", "memory in use at READY, MiB", "memory")
+# Every key summarize() covers: the time metrics, then memory.
+SUMMARY_KEYS = (*METRIC_KEYS, MEMORY.key)
+FLOOR = "busybox"
+# Issue 15's goals (ratios of medians, never absolute times).
+GUESTINIT_PER_FLOOR_MAX = 1.30
+SYSTEMD_PER_GUESTINIT_MIN = 4.0
+INIT_SHARE_MAX = 0.15
 # The phases drawn one after another on the timeline (they add up to READY).
 PHASES = ("firmware_s", "kernel_s", "init_s")
 
@@ -83,9 +97,12 @@ def _number(value: object) -> float | None:
 def sample(boot: Mapping[str, object]) -> dict[str, float | None]:
     """The metrics of one recorded boot (a ``BootResult.as_dict()``); None where the guest did
     not give the stamp (e.g. no READY, or no exec record)."""
-    out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+    out: dict[str, float | None] = dict.fromkeys(SUMMARY_KEYS)
     if not boot.get("ready"):
         return out
+    total, available = _number(boot.get("mem_total_kib")), _number(boot.get("mem_available_kib"))
+    if total is not None and available is not None and 0 <= available <= total:
+        out[MEMORY.key] = (total - available) / 1024
     host = _number(boot.get("ready_host_s"))
     uptime = _number(boot.get("uptime_at_ready_s"))
     exec_s = _number(boot.get("exec_s"))
@@ -102,7 +119,7 @@ def sample(boot: Mapping[str, object]) -> dict[str, float | None]:
 def summarize(samples: Sequence[Mapping[str, float | None]]) -> dict[str, Stat | None]:
     """Median, min and max of each metric over the runs that have it."""
     out: dict[str, Stat | None] = {}
-    for key in METRIC_KEYS:
+    for key in SUMMARY_KEYS:
         values = [v for s in samples if (v := s.get(key)) is not None]
         out[key] = Stat(statistics.median(values), min(values), max(values), len(values)) if values else None
     return out
@@ -116,16 +133,74 @@ def ratio(numerator: Stat | None, denominator: Stat | None) -> float | None:
 
 
 def goals(summaries: Mapping[str, Mapping[str, Stat | None]]) -> list[Goal]:
-    """Issue 7's goals on guest uptime at READY: guestinit within 1.5 x the busybox floor, and
-    systemd at least 2 x slower than guestinit. Only for images present in the run."""
+    """Issue 15's goals, on medians: guestinit's READY (guest uptime) within 1.30 x the busybox
+    floor's; systemd's at least 4 x guestinit's; guestinit's init exec to READY at most 15 % of
+    its uptime at READY. Only for images present in the run."""
     out: list[Goal] = []
     key = "ready_uptime_s"
-    if "guestinit" in summaries and "busybox" in summaries:
-        r = ratio(summaries["guestinit"].get(key), summaries["busybox"].get(key))
-        out.append(_goal("guestinit/floor", r, 1.5, r is not None and r <= 1.5, "<="))
+    if "guestinit" in summaries and FLOOR in summaries:
+        r = ratio(summaries["guestinit"].get(key), summaries[FLOOR].get(key))
+        limit = GUESTINIT_PER_FLOOR_MAX
+        out.append(_goal("guestinit/floor", r, limit, r is not None and r <= limit, "<="))
     if "systemd" in summaries and "guestinit" in summaries:
         r = ratio(summaries["systemd"].get(key), summaries["guestinit"].get(key))
-        out.append(_goal("systemd/guestinit", r, 2.0, r is not None and r >= 2.0, ">="))
+        limit = SYSTEMD_PER_GUESTINIT_MIN
+        out.append(_goal("systemd/guestinit", r, limit, r is not None and r >= limit, ">="))
+    if "guestinit" in summaries:
+        r = ratio(summaries["guestinit"].get("init_s"), summaries["guestinit"].get(key))
+        limit = INIT_SHARE_MAX
+        out.append(_goal("guestinit init share", r, limit, r is not None and r <= limit, "<="))
+    return out
+
+
+def floor_differences(
+    summary: Mapping[str, Stat | None], floor: Mapping[str, Stat | None]
+) -> dict[str, float | None]:
+    """Each metric's median minus the floor's (None where either is missing)."""
+    out: dict[str, float | None] = {}
+    for key in SUMMARY_KEYS:
+        mine, base = summary.get(key), floor.get(key)
+        out[key] = None if mine is None or base is None else mine.median - base.median
+    return out
+
+
+def init_phases(run: Mapping[str, object]) -> list[dict[str, object]]:
+    """The init's phases of one recorded run, led by "python" (exec to its first line) and
+    "imports" (first line to its first phase) where the init stamps its start."""
+    raw = run.get("phases")
+    phases = [p for p in raw if isinstance(p, dict)] if isinstance(raw, list) else []
+    exec_s, start_s = _number(run.get("exec_s")), _number(run.get("start_s"))
+    if exec_s is not None and start_s is not None and phases and exec_s < start_s:
+        first = _number(phases[0].get("start_s"))
+        lead: list[dict[str, object]] = [{"name": "python", "start_s": exec_s, "end_s": start_s}]
+        if first is not None and start_s < first:
+            lead.append({"name": "imports", "start_s": start_s, "end_s": first})
+        phases = lead + phases
+    return phases
+
+
+def phase_durations(run: Mapping[str, object]) -> dict[str, float]:
+    """Seconds of each of the init's phases in one run (see init_phases), by name; phases may
+    overlap (modules load while the GPU phase runs, a service starts inside "services")."""
+    out: dict[str, float] = {}
+    for phase in init_phases(run):
+        start, end = _number(phase.get("start_s")), _number(phase.get("end_s"))
+        if start is not None and end is not None and end >= start:
+            out[str(phase.get("name"))] = out.get(str(phase.get("name")), 0.0) + end - start
+    return out
+
+
+def summarize_phases(runs: Sequence[Mapping[str, object]]) -> dict[str, Stat]:
+    """Median, min and max of each init phase over the runs that have it, in boot order (the
+    order of the run that has the most phases, then any others)."""
+    durations = [phase_durations(r) for r in runs if r.get("ready")]
+    names: list[str] = []
+    for d in sorted(durations, key=len, reverse=True):
+        names += [n for n in d if n not in names]
+    out: dict[str, Stat] = {}
+    for name in names:
+        values = [d[name] for d in durations if name in d]
+        out[name] = Stat(statistics.median(values), min(values), max(values), len(values))
     return out
 
 

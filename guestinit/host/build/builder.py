@@ -47,16 +47,19 @@ def build(
     check_reproducible: bool = False,
     form: str = "initrd",
     kata_agent: str | None = None,
+    remember: bool = True,
 ) -> Path:
     """Build (or reuse) one image; returns its manifest path. ``packages`` is a directory of
     user-supplied .deb files (NVIDIA's fabricmanager and nscq for the service VM);
-    ``kata_agent`` where the Kata guest's agent comes from (None: the Kata under /opt/kata)."""
+    ``kata_agent`` where the Kata guest's agent comes from (None: the Kata under /opt/kata).
+    ``remember=False`` (guestctl bench) leaves which form was built last as it was, so
+    `guestctl boot` and `guestctl deploy` keep taking the form the user built."""
     what = target(name, profile, form)
     root = repo_root()
     work = root / "build" / f".agent-{what.spec.name}"
     try:
         staged = agent.stage(kata_agent, what, work, log)
-        return _build(root, what, staged, if_needed, extra_env, log, packages, check_reproducible)
+        return _build(root, what, staged, if_needed, extra_env, log, packages, check_reproducible, remember)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -70,6 +73,7 @@ def _build(
     log: TextIO,
     packages: Path | None,
     check_reproducible: bool,
+    remember: bool = True,
 ) -> Path:
     name = what.spec.name
     extra_env = dict(extra_env or {})
@@ -97,11 +101,13 @@ def _build(
     if if_needed and not check_reproducible:
         if up_to_date(out, digest):
             _say(log, f"{out.relative_to(root)} is up to date (inputs unchanged)")
-            record_last(root, what)
+            if remember:
+                record_last(root, what)
             return out / "manifest.json"
         if _restore_from_cache(cached, out, digest):
             _say(log, f"restored {out.relative_to(root)} from {cached}")
-            record_last(root, what)
+            if remember:
+                record_last(root, what)
             return out / "manifest.json"
     if not (mkosi_python_path() / "mkosi").is_dir():
         raise UserError(
@@ -116,7 +122,8 @@ def _build(
     record = agent.record(staged, staging, what.spec.image_id) if staged is not None else None
     write_manifest(staging, what, digest, seconds, epoch, record)
     _replace_dir(staging, out)
-    record_last(root, what)
+    if remember:
+        record_last(root, what)
     _save_to_cache(out, cached)
     manifest = out / "manifest.json"
     data = json.loads(manifest.read_text())

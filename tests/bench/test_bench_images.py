@@ -1,0 +1,108 @@
+"""What `guestctl bench` boots: the built-in names, NAME=PATH images of either form, and the one
+kernel of a run (a disk image's own kernel boots every image when one is in the run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from guestinit.host.bench import images
+from guestinit.host.build.newc import S_IFREG, Entry
+from guestinit.host.build.newc import write as newc
+from guestinit.host.errors import UserError
+
+
+def _initrd(path: Path) -> Path:
+    path.write_bytes(newc([Entry("init", S_IFREG | 0o755, b"#!/bin/sh\n")]))
+    return path
+
+
+def _disk(path: Path) -> Path:
+    path.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * 512)
+    return path
+
+
+def test_default_and_builtin_names() -> None:
+    assert images.parse_specs(None) == [("guestinit", None), ("busybox", None), ("systemd", None)]
+    assert set(images.BUILTINS) == {
+        "guestinit",
+        "guestinit-erofs",
+        "guestinit-gpu",
+        "servicevm",
+        "busybox",
+        "systemd",
+    }
+    assert images.parse_specs(["guestinit-erofs", "x=/tmp/a.cpio"]) == [
+        ("guestinit-erofs", None),
+        ("x", Path("/tmp/a.cpio")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["nope"], "not a built-in image"),
+        (["a b=/x"], "bad name"),
+        (["x="], "empty path"),
+        (["busybox", "busybox"], "given twice"),
+    ],
+)
+def test_bad_image_specs_are_one_line_errors(specs: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        images.parse_specs(specs)
+
+
+def test_given_images_of_both_forms(tmp_path: Path) -> None:
+    initrd = _initrd(tmp_path / "a.cpio")
+    disk = _disk(tmp_path / "b.img")
+    (tmp_path / "b.vmlinuz").write_bytes(b"kernel b")
+    a, b = images.resolve([("a", initrd), ("b", disk)])
+    assert (a.form, a.kernel, a.own_kernel, a.caption) == ("initrd", None, False, "a.cpio")
+    assert (b.form, b.kernel, b.own_kernel) == ("image", tmp_path / "b.vmlinuz", True)
+
+
+def test_a_disk_image_without_its_kernel_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="disk image with no kernel beside it"):
+        images.resolve([("b", _disk(tmp_path / "b.img"))])
+    with pytest.raises(UserError, match="file not found"):
+        images.resolve([("c", tmp_path / "missing.cpio")])
+
+
+def test_a_disk_images_kernel_boots_every_image(tmp_path: Path) -> None:
+    (tmp_path / "guestinit.vmlinuz").write_bytes(b"debian")
+    (tmp_path / "erofs.vmlinuz").write_bytes(b"erofs built in")
+    run = images.resolve(
+        [
+            ("guestinit", _initrd(tmp_path / "guestinit.cpio")),
+            ("floor", _initrd(tmp_path / "floor.cpio")),
+            ("guestinit-erofs", _disk(tmp_path / "erofs.img")),
+        ]
+    )
+    kernel, why = images.choose_kernel(run, None)
+    assert kernel == tmp_path / "erofs.vmlinuz" and "guestinit-erofs's own kernel" in why
+    kernel, why = images.choose_kernel(run[:2], None)
+    assert kernel == tmp_path / "guestinit.vmlinuz" and why == "beside guestinit"
+    assert images.choose_kernel(run, tmp_path / "guestinit.vmlinuz") == (
+        tmp_path / "guestinit.vmlinuz",
+        "--kernel",
+    )
+
+
+def test_two_disk_images_with_different_kernels_cannot_share_a_run(tmp_path: Path) -> None:
+    (tmp_path / "one.vmlinuz").write_bytes(b"one")
+    (tmp_path / "two.vmlinuz").write_bytes(b"two")
+    run = images.resolve([("one", _disk(tmp_path / "one.img")), ("two", _disk(tmp_path / "two.img"))])
+    with pytest.raises(UserError, match="each need their own kernel"):
+        images.choose_kernel(run, None)
+
+
+def test_the_rootfs_a_manifest_names(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.json"
+    artifacts = [{"name": "k.vmlinuz", "kind": "kernel"}, {"name": "guestinit-kata.img", "kind": "image"}]
+    manifest.write_text(json.dumps({"artifacts": artifacts}))
+    assert images.image_of(manifest) == tmp_path / "guestinit-kata.img"
+    manifest.write_text(json.dumps({"artifacts": artifacts[:1]}))
+    with pytest.raises(UserError, match="names no initrd or disk image"):
+        images.image_of(manifest)
