@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,12 +22,8 @@ from pathlib import Path
 import pytest
 from test_pid1_boot import pack
 
-from guestinit.host import qemu
-from guestinit.host.boot import DEFAULT_APPEND, combine_initrd, resolve_kernel
-from guestinit.host.listen.listener import Listener
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kata"))  # the stand-in's harness
-from standin_harness import EXIT_MARKER, REPORT_MARKER, build_standin, console_report
+from standin_harness import EXIT_MARKER, REPORT_MARKER, Vm, build_standin, console_report
 
 pytestmark = pytest.mark.boot
 
@@ -89,62 +84,6 @@ def agent_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tree / "usr/bin").mkdir(parents=True)
     shutil.copy2(exe, tree / "usr/bin/kata-agent")
     return pack(tree, work / "agent.cpio")
-
-
-class Vm:
-    """One QEMU boot of the image with extra initrds, its notify messages as they arrive."""
-
-    def __init__(self, image: Path, extras: list[Path], append: str, work: Path) -> None:
-        work.mkdir(parents=True, exist_ok=True)
-        self.work = work
-        self.console_log = work / "console.log"
-        self.messages: list[dict[str, str]] = []
-        cfg = qemu.QemuConfig(
-            kernel=resolve_kernel(image, None),
-            initrd=combine_initrd(image, extras, work / "initrd.img"),
-            append=f"{DEFAULT_APPEND} {qemu.notify_append('serial')} {append}",
-            accel="tcg",
-            transport="serial",
-            notify_socket=work / "n.sock",
-            qmp_socket=work / "q.sock",
-            console_log=self.console_log,
-            binary=qemu.find_qemu(),
-        )
-        self.listener = Listener([f"serial:{work / 'n.sock'}"]).start()
-        self.proc = subprocess.Popen(qemu.qemu_argv(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-    def until(self, done: Callable[[], object], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = self.listener.get(timeout=0.1)
-            if msg is not None:
-                self.messages.append(msg.fields)
-            if done():
-                return True
-        return False
-
-    def first(self, key: str) -> dict[str, str] | None:
-        return next((m for m in self.messages if key in m), None)
-
-    def console(self) -> str:
-        return self.console_log.read_text(errors="replace") if self.console_log.exists() else ""
-
-    def exited(self) -> bool:
-        return self.proc.poll() is not None
-
-    def why(self) -> str:
-        return f"messages {self.messages}; console:\n{self.console()[-4000:]}"
-
-    def powerdown(self) -> None:
-        q = qemu.QMP(self.work / "q.sock", timeout_s=5)
-        q.command("system_powerdown")
-        q.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.listener.close()
 
 
 @pytest.fixture

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from guestinit.host import qemu
+from guestinit.host.boot import DEFAULT_APPEND
+from guestinit.host.listen.listener import Listener
+from guestinit.host.media import combine_initrd, resolve_kernel
+
 SOURCE = Path(__file__).resolve().parent / "standin"
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 BUILDS = {
@@ -128,3 +133,59 @@ def host_libraries(exe: Path) -> dict[str, Path]:
         elif parts and parts[0].startswith("/"):
             found[os.path.basename(parts[0])] = Path(parts[0])
     return found
+
+
+class Vm:
+    """One QEMU boot of the image with extra initrds, its notify messages as they arrive."""
+
+    def __init__(self, image: Path, extras: list[Path], append: str, work: Path) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self.work = work
+        self.console_log = work / "console.log"
+        self.messages: list[dict[str, str]] = []
+        cfg = qemu.QemuConfig(
+            kernel=resolve_kernel(image, None),
+            initrd=combine_initrd(image, extras, work / "initrd.img"),
+            append=f"{DEFAULT_APPEND} {qemu.notify_append('serial')} {append}",
+            accel="tcg",
+            transport="serial",
+            notify_socket=work / "n.sock",
+            qmp_socket=work / "q.sock",
+            console_log=self.console_log,
+            binary=qemu.find_qemu(),
+        )
+        self.listener = Listener([f"serial:{work / 'n.sock'}"]).start()
+        self.proc = subprocess.Popen(qemu.qemu_argv(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def until(self, done: Callable[[], object], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.listener.get(timeout=0.1)
+            if msg is not None:
+                self.messages.append(msg.fields)
+            if done():
+                return True
+        return False
+
+    def first(self, key: str) -> dict[str, str] | None:
+        return next((m for m in self.messages if key in m), None)
+
+    def console(self) -> str:
+        return self.console_log.read_text(errors="replace") if self.console_log.exists() else ""
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def why(self) -> str:
+        return f"messages {self.messages}; console:\n{self.console()[-4000:]}"
+
+    def powerdown(self) -> None:
+        q = qemu.QMP(self.work / "q.sock", timeout_s=5)
+        q.command("system_powerdown")
+        q.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.listener.close()

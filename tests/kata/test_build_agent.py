@@ -12,7 +12,7 @@ from pathlib import Path
 import kata_sources
 import pytest
 from pytest_subprocess import FakeProcess
-from standin_harness import REPORT_MARKER
+from standin_harness import Vm, console_report
 
 from guestinit.host.build import agent, builder, images
 from guestinit.host.build import manifest as manifests
@@ -136,15 +136,20 @@ def test_an_agent_that_reports_no_version_in_the_image_fails_the_build(
 def test_a_built_in_dynamic_agent_runs_in_the_guest(dynamic_agent: Path, tmp_path: Path) -> None:
     """The real build: mkosi installs libdevmapper and libseccomp from Debian, finalize reads the
     agent's version inside the trimmed image, and the guest starts it as its last service."""
-    from guestinit.host.boot import BootOptions, boot
-
     path = builder.build("kata", kata_agent=str(dynamic_agent), if_needed=True, log=io.StringIO())
     record = json.loads(path.read_text())["kata_agent"]
     assert record["version"] == "3.99.0" and record["linking"]["type"] == "dynamic"
-    result = boot(BootOptions(image=path.parent / "guestinit-kata.cpio", shutdown=True, timeout_s=180))
-    assert result.ready, result.error
-    console = Path(result.console_log).read_text(errors="replace")
-    report = json.loads(console.split(REPORT_MARKER, 1)[1].splitlines()[0])
+    # The agent is ready once started: its report reaches the console after READY, so the VM
+    # is watched until it has, then powered down.
+    vm = Vm(path.parent / "guestinit-kata.cpio", [], "", tmp_path / "vm")
+    try:
+        assert vm.until(lambda: vm.first("READY") or vm.exited(), 180), vm.why()
+        assert vm.until(lambda: "KATA_STANDIN_REPORT " in vm.console(), 60), vm.why()
+        report = console_report(vm.console())
+        vm.powerdown()
+        assert vm.until(vm.exited, 60), vm.why()
+    finally:
+        vm.close()
     assert report["build"] == "dynamic" and report["ppid"] == 1
     assert report["libdevmapper"] and report["libseccomp"]  # its Debian libraries loaded
     assert report["oom_score_adj"] == -997 and report["rlimit_nofile"]["soft"] == 1048576
