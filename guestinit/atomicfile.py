@@ -14,8 +14,14 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` (text is UTF-8), creating its folder when missing."""
+def write_atomic(
+    path: str | os.PathLike[str],
+    data: str | bytes,
+    mode: int = 0o644,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Replace ``path`` with ``data`` (text is UTF-8), creating its folder when missing; ``owner``
+    (uid, gid) is given to the new file before it takes the name."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -23,6 +29,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, target)

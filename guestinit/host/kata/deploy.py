@@ -32,6 +32,7 @@ from guestinit.host.atomicfs import make_dirs, remove_tree_atomic, sha256_file, 
 from guestinit.host.build.manifest import SAFE_VERSION, load_manifest, verify_artifact
 from guestinit.host.errors import DeployError, UserError
 from guestinit.host.kata import agent
+from guestinit.host.kata import containerd as katacontainerd
 from guestinit.host.kata.diff import describe_changes, plan_view, public_view, version_view
 from guestinit.host.kata.layout import SAFE_FLAVOUR, Layout
 from guestinit.host.kata.settings import planned_settings
@@ -86,6 +87,12 @@ def run_deploy(args: argparse.Namespace) -> list[str]:
     for artifact in (manifest.kernel, manifest.rootfs):
         verify_artifact(artifact)
     agent_lines = agent.check(manifest, layout.prefix, allow_no_agent=args.allow_no_agent, force=args.force)
+    # checked before anything is written: a config deploy cannot edit stops the whole deploy
+    ctr = (
+        katacontainerd.plan_change(args.containerd_config, layout, args.force)
+        if args.containerd_config
+        else None
+    )
     plan = planned_settings(args.sysfs_root, args.gpus, args.memory)
     new = build_version(layout, manifest, plan)
     lines = [
@@ -114,6 +121,8 @@ def run_deploy(args: argparse.Namespace) -> list[str]:
         current = current_version(layout)
         if current and current != new.id:
             lines.append(f"  previous {current} (kept for `guestctl rollback`)")
+        if ctr is not None:
+            lines.extend(katacontainerd.describe(ctr, dry_run=True))
         lines.append("nothing was written (--dry-run)")
         return lines
     with locked(layout):
@@ -157,6 +166,11 @@ def run_deploy(args: argparse.Namespace) -> list[str]:
             else f"deployed {new.id}: the first version here, nothing to roll back to"
         )
     lines.extend(f"  pruned   {name}" for name in pruned)
+    if args.containerd_config:  # planned again: the prefix is in place now, the file may have moved on
+        ctr = katacontainerd.plan_change(args.containerd_config, layout, args.force)
+        lines.extend(katacontainerd.describe(ctr, dry_run=False))
+        katacontainerd.apply(ctr)
+        lines.extend(katacontainerd.restart_line(ctr))
     return lines
 
 
@@ -253,7 +267,16 @@ def deploy_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="deploy even when the image's kata-agent is of another release than the node's Kata shim",
+        help="deploy even when the image's kata-agent is of another release than the node's Kata shim, "
+        "and replace a containerd runtime of the same name that has other settings",
+    )
+    parser.add_argument(
+        "--containerd-config",
+        type=Path,
+        metavar="PATH",
+        help="also register the runtime in containerd's config, e.g. /etc/containerd/config.toml "
+        "(version 2 or 3): a drop-in it imports (version 3 with `imports`) or a table in the file, "
+        "as kata-deploy does; the original is kept as PATH.guestinit-bak; restart containerd after",
     )
     return parser
 

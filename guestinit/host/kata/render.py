@@ -150,20 +150,47 @@ def render_kata_config(layout: Layout, manifest: BuildManifest, plan: Plan | Non
     return text.encode()
 
 
+CRI_PLUGIN_V2 = "io.containerd.grpc.v1.cri"  # containerd config version 2 (containerd 1.x)
+CRI_PLUGIN_V3 = "io.containerd.cri.v1.runtime"  # version 3 (containerd 2.x): CRI split in runtime/images
+
+
+def _runtime_values(layout: Layout) -> dict[str, str]:
+    return {
+        "handler": layout.handler,
+        "flavour": layout.flavour,
+        "prefix": os.fspath(layout.prefix),
+        "shim": os.fspath(layout.prefix / "bin" / "containerd-shim-kata-v2"),
+        "config_path": os.fspath(layout.public()[layout.config_member]),
+    }
+
+
 def render_containerd(layout: Layout) -> bytes:
+    """The drop-in kept in every version (containerd/config.d/kata-qemu-F.toml), config version 2."""
     text = (
         _environment()
         .get_template("containerd-runtime.toml.j2")
-        .render(
-            handler=layout.handler,
-            flavour=layout.flavour,
-            config_dir=os.fspath(layout.containerd),
-            shim=os.fspath(layout.prefix / "bin" / "containerd-shim-kata-v2"),
-            config_path=os.fspath(layout.public()[layout.config_member]),
-        )
+        .render(plugin=CRI_PLUGIN_V2, **_runtime_values(layout))
     )
     tomllib.loads(text)
     return text.encode()
+
+
+def render_containerd_runtime(layout: Layout, version: int, dropin_for: str | None) -> str:
+    """The runtime tables for containerd's own configuration (config ``version``): a drop-in file
+    that ``dropin_for`` imports (with its own ``version`` line), or a block appended to it."""
+    text = (
+        _environment()
+        .get_template("containerd-config-runtime.toml.j2")
+        .render(
+            plugin=CRI_PLUGIN_V2 if version == 2 else CRI_PLUGIN_V3,
+            version=version,
+            dropin=dropin_for is not None,
+            config=dropin_for or "",
+            **_runtime_values(layout),
+        )
+    )
+    tomllib.loads(text)
+    return text
 
 
 def render_runtimeclass(layout: Layout) -> bytes:
