@@ -9,6 +9,11 @@ call serialized, partition semantics the host can rely on, and resiliency.
   with fmSetActivatedFabricPartitions, well inside fabricmanager's 60 s window.
 - A restarted controller loads the persisted set and, when fabricmanager kept running, adopts
   fabricmanager's own view.
+- fabricmanager's partition table is kept as last read or changed through the controller, and
+  refreshed by every monitor check. Reads (ListPartitions, GetPartition) are answered from it
+  without waiting for the SDK, so they never queue behind changes; a change made around the
+  controller (fmpm) shows within one poll interval. A change is always made, and a no-op or a
+  refusal always decided, on fabricmanager's own answer or a table read at that moment.
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ class Manager:
         self._conn: nvfm.Connection | None = None
         self._synced = False
         self._serving = False
+        self._table: nvfm.PartitionTable | None = None  # fabricmanager's table, None when not known
         self._active: tuple[int, ...] = state.load()
         self._version = 0  # bumped whenever _active changes
         self._durable = 0  # the version last written to the state file
@@ -155,7 +161,7 @@ class Manager:
                 if not self._synced:
                     self._sync(conn)
                 else:
-                    table = conn.partitions()
+                    table = self._read(conn)
                     self._adopt(table, "fabricmanager's active partitions changed outside the controller")
             except nvfm.ConnectionNotValid as exc:
                 self._drop(str(exc))
@@ -201,6 +207,7 @@ class Manager:
 
     def _drop(self, why: str, publish: bool = True) -> None:
         conn, self._conn = self._conn, None
+        self._table = None
         if conn is not None:
             try:
                 conn.disconnect()
@@ -241,7 +248,7 @@ class Manager:
     def _sync(self, conn: nvfm.Connection) -> nvfm.PartitionTable:
         """Bring the controller and fabricmanager into step; raises NotConfigured while it starts."""
         try:
-            table = conn.partitions()
+            table = self._read(conn)
         except nvfm.NotConfigured:
             # Initializing, or restarted in restart mode and waiting for the activated set.
             try:
@@ -259,7 +266,7 @@ class Manager:
             message = f"re-sent activated partitions [{_ids(self._active)}] after fabricmanager restarted"
             self._log(message)
             self.events.publish(RESTORED, self._active, True, message=message)
-            table = conn.partitions()
+            table = self._read(conn)
         self._adopt(table, "fabricmanager's active partitions differ from the persisted set")
         if not self.state.path.exists():
             self._persist(self._version, force=True)
@@ -287,12 +294,27 @@ class Manager:
 
     # --- operations --------------------------------------------------------------------------
 
-    def table(self) -> nvfm.PartitionTable:
-        return self._with_fm(lambda conn: conn.partitions())
+    def _read(self, conn: nvfm.Connection) -> nvfm.PartitionTable:
+        """fabricmanager's table, read now and kept (lock held)."""
+        self._table = conn.partitions()
+        return self._table
 
-    def _find(self, conn: nvfm.Connection, partition_id: int) -> tuple[nvfm.PartitionTable, nvfm.Partition]:
-        """fabricmanager's table and the partition in it; Refused (with the reason) if absent."""
-        table = conn.partitions()
+    def _known(self) -> nvfm.PartitionTable | None:
+        """The kept table while in step with fabricmanager (no lock: a reference read)."""
+        table = self._table
+        return table if self._synced else None
+
+    def table(self) -> nvfm.PartitionTable:
+        return self._known() or self._with_fm(self._read)
+
+    def _find(
+        self, conn: nvfm.Connection, partition_id: int, fresh: bool = False
+    ) -> tuple[nvfm.PartitionTable, nvfm.Partition]:
+        """fabricmanager's table (the kept one unless ``fresh``, or it lacks the partition) and the
+        partition in it; Refused (with the reason) if absent (lock held)."""
+        table = self._table
+        if fresh or table is None or table.get(partition_id) is None:
+            table = self._read(conn)
         found = table.get(partition_id)
         if found is None:
             raise self._unknown(conn, partition_id, table)
@@ -314,6 +336,11 @@ class Manager:
         return Refused("NOT_FOUND", f"partition {partition_id} does not exist; partitions here: {known}")
 
     def partition(self, partition_id: int) -> nvfm.Partition:
+        known = self._known()
+        found = known.get(partition_id) if known is not None else None
+        if found is not None:
+            return found
+
         def op(conn: nvfm.Connection) -> nvfm.Partition:
             return self._find(conn, partition_id)[1]
 
@@ -325,6 +352,8 @@ class Manager:
         def op(conn: nvfm.Connection) -> Change:
             nonlocal version
             table, wanted = self._find(conn, partition_id)
+            if wanted.active or overlapping(table, wanted) is not None:
+                table, wanted = self._find(conn, partition_id, fresh=True)  # no-ops and refusals: as of now
             if wanted.active:
                 return Change(wanted, False, f"partition {partition_id} is already active", table.active_ids)
             blocker = overlapping(table, wanted)
@@ -332,7 +361,7 @@ class Manager:
                 try:
                     conn.activate(partition_id)
                 except nvfm.InUse as exc:
-                    table = conn.partitions()
+                    table = self._read(conn)
                     now = table.get(partition_id)
                     if now is not None and now.active:
                         return Change(
@@ -348,7 +377,8 @@ class Manager:
                     f"partition {partition_id} overlaps active partition {blocker.id} (GPUs {shared}); "
                     f"deactivate partition {blocker.id} first (FM_ST_IN_USE)",
                 )
-            active = tuple(sorted({*table.active_ids, partition_id}))
+            self._table = table.with_active(partition_id, True)
+            active = self._table.active_ids
             version = self._remember(active)
             self.events.publish(
                 ACTIVATED, active, self._serving, partition_id, f"partition {partition_id} activated"
@@ -367,14 +397,17 @@ class Manager:
             nonlocal version
             table, wanted = self._find(conn, partition_id)
             if not wanted.active:
-                return Change(wanted, False, f"partition {partition_id} is not active", table.active_ids)
+                table, wanted = self._find(conn, partition_id, fresh=True)
+                if not wanted.active:
+                    return Change(wanted, False, f"partition {partition_id} is not active", table.active_ids)
             try:
                 conn.deactivate(partition_id)
             except nvfm.Uninitialized:  # documented answer for "not active": someone beat us to it
-                table = conn.partitions()
+                table = self._read(conn)
                 self._adopt(table, "a partition was deactivated outside the controller")
                 return Change(wanted, False, f"partition {partition_id} is not active", table.active_ids)
-            active = tuple(i for i in table.active_ids if i != partition_id)
+            self._table = table.with_active(partition_id, False)
+            active = self._table.active_ids
             version = self._remember(active)
             message = f"partition {partition_id} deactivated"
             self.events.publish(DEACTIVATED, active, self._serving, partition_id, message)
@@ -397,6 +430,7 @@ class Manager:
                     "in restart mode, and the controller re-sends it by itself (FM_ST_NOT_SUPPORTED)",
                 ) from None
             self._remember(ids)
+            self._table = None  # read again when next needed: fabricmanager has just taken the set
             self._synced = True
             self._set_serving(True)
             self.events.publish(

@@ -12,7 +12,7 @@ ListPartitions, <= 20 ms for ActivatePartition), CPU use and the load average. R
 heavy lock:
 
     flock /tmp/guestinit-heavy.lock .venv/bin/python tests/fabric/bench_controller.py \\
-        [--clients 50] [--processes 5] [--rounds 20] [--pace-ms 250] [--json FILE]
+        [--clients 50] [--processes 5] [--rounds 20] [--pace-ms 1000] [--json FILE]
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def main() -> int:
     parser.add_argument(
         "--pace-ms",
         type=float,
-        default=250.0,
+        default=1000.0,
         help="the paced load: each client starts a round this often; 0 skips it (default: %(default)s)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")

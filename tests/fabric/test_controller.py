@@ -237,3 +237,38 @@ def test_bridge_forwards_grpc_and_enforces_the_cid_allow_list(
         assert link.refused >= 1 and link.accepted >= 1 and seen
     finally:
         link.close()
+
+
+def test_changes_made_around_the_controller(
+    controller: ControllerProcess, fm: FakeFabricManager, fakes: tuple[Path, Path]
+) -> None:
+    """Another SDK client (as fmpm is) changes partitions behind the controller's kept table: its
+    changes, no-ops and refusals still follow fabricmanager's answer at that moment, and its
+    reads show the change within a poll interval."""
+    library = nvfm.Library(str(fakes[0]))
+    library.init()
+    outside = library.connect(nvfm.FMAddress.parse(fm.address))
+    try:
+        with stub(controller.address) as (s, pb):
+            assert s.ActivatePartition(pb.PartitionRequest(id=7), timeout=5).changed
+            outside.deactivate(7)
+            r = s.ActivatePartition(pb.PartitionRequest(id=7), timeout=5)  # the table said active
+            assert (r.changed, list(r.active_ids)) == (True, [7])
+            outside.activate(2)  # GPUs 5-8, unknown to the controller's table
+            e = _error(s.ActivatePartition, pb.PartitionRequest(id=5))
+            assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "active partition 2" in e.details()
+            outside.deactivate(2)
+            r = s.ActivatePartition(pb.PartitionRequest(id=6), timeout=5)  # the table said 2 blocks it
+            assert (r.changed, list(r.active_ids)) == (True, [6, 7])
+            outside.activate(13)
+            r = s.DeactivatePartition(pb.PartitionRequest(id=13), timeout=5)  # the table said inactive
+            assert (r.changed, list(r.active_ids)) == (True, [6, 7])
+            outside.deactivate(6)
+            r = s.DeactivatePartition(pb.PartitionRequest(id=6), timeout=5)  # the table said active
+            assert (r.changed, r.message) == (False, "partition 6 is not active")
+            outside.activate(12)
+        assert wait_for(lambda: _active(controller.address) == [7, 12], 5)
+        assert fm.active() == [7, 12]
+    finally:
+        outside.disconnect()
+        library.shutdown()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,11 @@ class PartitionTable:
     @property
     def active_ids(self) -> tuple[int, ...]:
         return tuple(sorted(p.id for p in self.partitions if p.active))
+
+    def with_active(self, partition_id: int, active: bool) -> PartitionTable:
+        """This table with one partition's state changed (as fabricmanager now has it)."""
+        parts = tuple(replace(p, active=active) if p.id == partition_id else p for p in self.partitions)
+        return PartitionTable(parts, self.max_partitions)
 
 
 @dataclass(frozen=True)
