@@ -58,6 +58,7 @@ lint: setup
 	$(VENV)/bin/ruff check guestinit tests
 	$(VENV)/bin/ruff format --check guestinit tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/actionlint -shellcheck $(VENV)/bin/shellcheck .github/workflows/*.yml
 
 unit: setup
 	$(VENV)/bin/pytest -m "not boot" $(PYTEST_ARGS)
