@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             code = entry(argv[1:])
             assert isinstance(code, int)
             return code
+        from guestinit.host import qemu
+
         parser = argparse.ArgumentParser(prog="guestctl", description="Host tools for guestinit images.")
         parser.add_argument("--version", action="version", version=__version__)
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -112,18 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--extra-initrd", action="append", metavar="FILE", help="cpio archive appended to the image"
         )
-        p.add_argument(
-            "--accel",
-            choices=("auto", "kvm", "tcg"),
-            default="auto",
-            help="accelerator: kvm when it really boots a guest here (probed), else tcg (default auto)",
-        )
-        p.add_argument(
-            "--transport",
-            choices=("auto", "vsock", "serial"),
-            default="auto",
-            help="readiness channel: vsock when /dev/vhost-vsock exists, else virtio-serial (default auto)",
-        )
+        qemu.add_accel_options(p)
         p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for READY (default 120)")
         p.add_argument(
             "--shutdown", action="store_true", help="after READY, system_powerdown and time the exit"

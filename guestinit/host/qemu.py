@@ -7,6 +7,7 @@ running QEMU; ``probe_kvm`` really boots the kernel for a moment, because on nes
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -225,3 +226,19 @@ class QMP:
         with contextlib.suppress(OSError):
             self.file.close()
             self.sock.close()
+
+
+def add_accel_options(p: argparse.ArgumentParser) -> None:
+    """--accel and --transport, as every command that boots an image takes them."""
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="accelerator: kvm when it really boots a guest here (probed), else tcg (default auto)",
+    )
+    p.add_argument(
+        "--transport",
+        choices=("auto", "vsock", "serial"),
+        default="auto",
+        help="readiness channel: vsock when /dev/vhost-vsock exists, else virtio-serial (default auto)",
+    )

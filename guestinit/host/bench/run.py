@@ -26,7 +26,7 @@ from guestinit.host.bench.images import BenchImage
 from guestinit.host.bench.report import format_table, render_svg
 from guestinit.host.boot import BootOptions, boot, choose_accel, choose_transport
 from guestinit.host.errors import UserError
-from guestinit.host.qemu import DEFAULT_VSOCK_PORT, find_qemu, qemu_version
+from guestinit.host.qemu import DEFAULT_VSOCK_PORT, add_accel_options, find_qemu, qemu_version
 from guestinit.host.result import BootResult
 
 # What of a boot's notify fields the bench keeps, under the names its JSON uses.
@@ -57,18 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="kernel for every image (default: a disk image's own kernel when one is benched, "
         "else the one beside the guestinit image)",
     )
-    p.add_argument(
-        "--accel",
-        choices=("auto", "kvm", "tcg"),
-        default="auto",
-        help="accelerator: kvm when it really boots a guest here (probed), else tcg (default auto)",
-    )
-    p.add_argument(
-        "--transport",
-        choices=("auto", "vsock", "serial"),
-        default="auto",
-        help="readiness channel: vsock when /dev/vhost-vsock exists, else virtio-serial (default auto)",
-    )
+    add_accel_options(p)
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
     p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each READY")
