@@ -3,6 +3,7 @@ own lines, the heavy-module check, and the /init overlay that turns the report o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,20 @@ def test_an_image_whose_init_is_not_python_is_refused(tmp_path: Path) -> None:
     image.write_bytes(newc.write([newc.Entry("sbin", newc.S_IFDIR | 0o755)]))
     with pytest.raises(UserError, match="has no /init file"):
         importtime.init_line(image)
+
+
+def test_an_init_linked_to_init_py_is_named_and_the_report_says_it_was_not_measured(tmp_path: Path) -> None:
+    """The service VM's /init is a link to init.py: no line to add the flag to. The bench says so
+    in its report and goes on with the other images (it stopped the whole run before)."""
+    from guestinit.host.bench.report import format_table
+
+    image = tmp_path / "servicevm.cpio"
+    link = "/usr/lib/python3/dist-packages/guestinit/init/init.py"
+    image.write_bytes(newc.write([newc.Entry("init", newc.S_IFLNK | 0o777, link.encode())]))
+    with pytest.raises(UserError, match="has no /init file") as caught:
+        importtime.overlay(image, tmp_path / "overlay.cpio")
+    assert not (tmp_path / "overlay.cpio").exists()
+    report = json.loads((Path(__file__).parent / "data" / "recorded-bench.json").read_text())
+    report["imports"] = {"servicevm": {"ready": None, "skipped": str(caught.value)}}
+    lines = format_table(report).splitlines()
+    assert lines[-1].startswith("imports servicevm: not measured (") and "has no /init file" in lines[-1]

@@ -111,6 +111,9 @@ def format_table(report: Mapping[str, object]) -> str:
     imports = report.get("imports")
     if isinstance(imports, dict):
         for name, found in imports.items():
+            if "skipped" in found:
+                lines.append(f"imports {name}: not measured ({found['skipped']})")
+                continue
             heavy = ", ".join(found["heavy"]) or "none"
             lines.append(
                 f"imports {name}: {found['modules']} modules, {found['total_ms']} ms (self times, "
