@@ -64,6 +64,13 @@ def total_us(imports: list[Import]) -> int:
 def init_line(image: Path) -> str:
     """The image's ``/init`` line with ``-X importtime`` put after the interpreter's flags."""
     for entry in newc.read_file(image):
+        if entry.name == "init" and entry.kind == newc.S_IFLNK:
+            target = entry.data.decode(errors="replace")
+            raise UserError(
+                f"{image}: /init is a link to {target}, not the one line this report can add "
+                "-X importtime to",
+                hint="give an image whose /init runs python3 -IS (guestctl build kata)",
+            )
         if entry.name == "init" and entry.kind == newc.S_IFREG:
             line = entry.data.decode(errors="replace").splitlines()[0]
             break
