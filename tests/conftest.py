@@ -32,3 +32,22 @@ def kata_image() -> Path:
 
     manifest = build("kata", if_needed=True, log=io.StringIO())
     return manifest.parent / "guestinit-kata.cpio"
+
+
+@pytest.fixture
+def built_kata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A previous good build in a repository copy's build/kata (mkosi stood in for): the
+    folder a failed or refused build must leave untouched. Returns that folder."""
+    from guestinit.host.build import builder, images
+    from guestinit.host.build import manifest as manifests
+
+    monkeypatch.setenv("GUESTINIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796349683")
+    (tmp_path / "cache/tools/mkosi/usr/lib/python3/dist-packages/mkosi").mkdir(parents=True)
+    monkeypatch.setattr(builder, "repo_root", lambda: tmp_path)
+    out = tmp_path / "build" / "kata"
+    out.mkdir(parents=True)
+    (out / "guestinit-kata.cpio").write_bytes(b"good initrd")
+    (out / "guestinit-kata.vmlinuz").write_bytes(b"good kernel")
+    manifests.write_manifest(out, images.target("kata"), "d" * 64, 1.0, 1796349683)
+    return out

@@ -3,13 +3,13 @@ longer with atheris or hypothesis)."""
 
 from __future__ import annotations
 
-import random
 import struct
 
 import fuzz_agent_cpio
 import fuzz_agent_disk
 import fuzz_agent_elf
 import pytest
+from mutate import mutations
 
 from guestinit.host.agentsource import disk, elf
 from guestinit.host.agentsource.cpio import CpioTree
@@ -20,22 +20,11 @@ SECTOR = 512
 TARGETS = [fuzz_agent_elf, fuzz_agent_cpio, fuzz_agent_disk]
 
 
-def hostile(seed: bytes) -> list[bytes]:
-    rng = random.Random(len(seed))
-    out = [b"", seed[:1], seed[:16], seed[: len(seed) // 2], seed[:-1], seed + b"\xff" * 64]
-    for _ in range(40):
-        mutated = bytearray(seed)
-        for _ in range(rng.randint(1, 8)):
-            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
-        out.append(bytes(mutated))
-    return out
-
-
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.__name__)
 def test_seeds_and_hostile_inputs(target) -> None:  # type: ignore[no-untyped-def]
     for seed in target.SEEDS:
         target.TestOneInput(seed)
-        for data in hostile(seed):
+        for data in mutations(seed):
             target.TestOneInput(data)
 
 

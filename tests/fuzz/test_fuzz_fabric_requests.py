@@ -3,10 +3,9 @@ longer with atheris or hypothesis)."""
 
 from __future__ import annotations
 
-import random
-
 import fuzz_fabric_requests as target
 import pytest
+from mutate import mutations
 
 from guestinit.fabric.validate import InvalidRequest, validate
 
@@ -40,23 +39,6 @@ HOSTILE = [
     b"\x0b\x0c",  # a group start and end (deprecated wire types)
     b"\x0f",  # wire type 7 does not exist
 ]
-
-
-def mutations(seed: bytes, count: int = 60) -> list[bytes]:
-    rng = random.Random(len(seed) * 31 + 7)
-    out = [seed[:n] for n in range(len(seed))]
-    for _ in range(count):
-        data = bytearray(seed or b"\x00")
-        for _ in range(rng.randint(1, 4)):
-            choice = rng.randrange(3)
-            if choice == 0:
-                data[rng.randrange(len(data))] = rng.randrange(256)
-            elif choice == 1:
-                data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
-            elif len(data) > 1:
-                del data[rng.randrange(len(data))]
-        out.append(bytes(data))
-    return out
 
 
 def test_seeds_are_valid_requests() -> None:

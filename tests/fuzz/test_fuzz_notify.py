@@ -3,7 +3,6 @@ and the inputs fuzzing found (the runner drives them longer with atheris or hypo
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from types import ModuleType
 import fuzz_listener
 import fuzz_notify_message
 import pytest
+from mutate import mutations
 
 TARGETS = [fuzz_notify_message, fuzz_listener]
 HERE = Path(__file__).resolve().parent
@@ -40,17 +40,6 @@ HOSTILE = [
     b"\n\n" * 3000 + b"READY=1\n\n",
     b"EXIT_STATUS=" + "\u0663".encode() + b"\nREADY=1\n",
 ]
-
-
-def mutations(seed: bytes) -> list[bytes]:
-    rng = random.Random(len(seed))
-    out = [seed[:1], seed[:16], seed[: len(seed) // 2], seed[:-1], seed * 40]
-    for _ in range(40):
-        mutated = bytearray(seed)
-        for _ in range(rng.randint(1, 8)):
-            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
-        out.append(bytes(mutated))
-    return out
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.__name__)

@@ -105,45 +105,30 @@ def _fake_mkosi(fp: FakeProcess, writes: dict[str, bytes] | None, returncode: in
     fp.register([fp.any()], callback=run, returncode=returncode)
 
 
-@pytest.fixture
-def built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A previous good build in a repository copy's build/kata (mkosi.conf marks the root)."""
-    monkeypatch.setenv("GUESTINIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796349683")
-    (tmp_path / "cache" / "tools" / "mkosi" / "usr/lib/python3/dist-packages/mkosi").mkdir(parents=True)
-    monkeypatch.setattr(builder, "repo_root", lambda: tmp_path)
-    out = tmp_path / "build" / "kata"
-    out.mkdir(parents=True)
-    (out / "guestinit-kata.cpio").write_bytes(b"good initrd")
-    (out / "guestinit-kata.vmlinuz").write_bytes(b"good kernel")
-    manifest.write_manifest(out, build.target("kata"), "d" * 64, 1.0, 1796349683)
-    return out
-
-
-def test_a_failed_build_leaves_the_last_good_one(built: Path, fp: FakeProcess) -> None:
-    before = {p.name: p.read_bytes() for p in built.iterdir()}
+def test_a_failed_build_leaves_the_last_good_one(built_kata: Path, fp: FakeProcess) -> None:
+    before = {p.name: p.read_bytes() for p in built_kata.iterdir()}
     _fake_mkosi(fp, {"guestinit-kata.cpio": b"half"}, returncode=1)
     with pytest.raises(UserError, match="the last build is untouched"):
         builder.build("kata", log=io.StringIO())
-    assert {p.name: p.read_bytes() for p in built.iterdir()} == before
-    assert sorted(p.name for p in built.parent.iterdir()) == ["kata"]  # no staging left behind
+    assert {p.name: p.read_bytes() for p in built_kata.iterdir()} == before
+    assert sorted(p.name for p in built_kata.parent.iterdir()) == ["kata"]  # no staging left behind
 
 
-def test_a_good_build_replaces_the_last_one_whole(built: Path, fp: FakeProcess) -> None:
+def test_a_good_build_replaces_the_last_one_whole(built_kata: Path, fp: FakeProcess) -> None:
     _fake_mkosi(fp, {"guestinit-kata.cpio": b"new initrd", "guestinit-kata.vmlinuz": b"new kernel"})
     log = io.StringIO()
     path = builder.build("kata", log=log)
     data = json.loads(path.read_text())
     assert {a["name"] for a in data["artifacts"]} == {"guestinit-kata.cpio", "guestinit-kata.vmlinuz"}
-    assert (built / "guestinit-kata.cpio").read_bytes() == b"new initrd"
+    assert (built_kata / "guestinit-kata.cpio").read_bytes() == b"new initrd"
     assert data["source_date_epoch"] == 1796349683 and data["built"] == "2026-12-04T02:01:23+00:00"
     assert data["version"].endswith("-20261204020123-" + data["input_digest"][:8])
     assert "SOURCE_DATE_EPOCH=1796349683" in log.getvalue() and "--source-date-epoch" in log.getvalue()
-    assert sorted(p.name for p in built.parent.iterdir()) == [".last-kata", "kata"]
-    assert build.last_build(built.parent.parent) == built
+    assert sorted(p.name for p in built_kata.parent.iterdir()) == [".last-kata", "kata"]
+    assert build.last_build(built_kata.parent.parent) == built_kata
 
 
-def test_check_reproducible_names_the_first_difference(built: Path, fp: FakeProcess) -> None:
+def test_check_reproducible_names_the_first_difference(built_kata: Path, fp: FakeProcess) -> None:
     from guestinit.host.build.newc import S_IFREG, Entry, write
 
     first = write([Entry("etc/a", S_IFREG | 0o644, b"x"), Entry("etc/b", S_IFREG | 0o644, b"y")])
@@ -152,13 +137,13 @@ def test_check_reproducible_names_the_first_difference(built: Path, fp: FakeProc
     _fake_mkosi(fp, {"guestinit-kata.cpio": second, "guestinit-kata.vmlinuz": b"k"})
     with pytest.raises(UserError, match=r"not reproducible: guestinit-kata.cpio: .*etc/b: content differ"):
         builder.build("kata", log=io.StringIO(), check_reproducible=True)
-    assert (built / "guestinit-kata.cpio").read_bytes() == first  # the first build is the build
+    assert (built_kata / "guestinit-kata.cpio").read_bytes() == first  # the first build is the build
     _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
     _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
     log = io.StringIO()
     builder.build("kata", log=log, check_reproducible=True)
     assert "reproducible: the second build's 2 artifacts are byte for byte the same" in log.getvalue()
-    assert not (built.parent / ".kata.repro").exists()
+    assert not (built_kata.parent / ".kata.repro").exists()
 
 
 @pytest.mark.skipif(not (build.mkosi_python_path() / "mkosi").is_dir(), reason="mkosi not set up")

@@ -63,18 +63,9 @@ def test_the_service_vm_takes_no_agent(static_agent: Path, tmp_path: Path) -> No
 
 
 @pytest.fixture
-def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def repo(built_kata: Path) -> Path:
     """A repository copy with a good last build in build/kata; mkosi stood in for."""
-    monkeypatch.setenv("GUESTINIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796349683")
-    (tmp_path / "cache/tools/mkosi/usr/lib/python3/dist-packages/mkosi").mkdir(parents=True)
-    monkeypatch.setattr(builder, "repo_root", lambda: tmp_path)
-    out = tmp_path / "build" / "kata"
-    out.mkdir(parents=True)
-    (out / "guestinit-kata.cpio").write_bytes(b"good initrd")
-    (out / "guestinit-kata.vmlinuz").write_bytes(b"good kernel")
-    manifests.write_manifest(out, images.target("kata"), "d" * 64, 1.0, 1796349683)
-    return tmp_path
+    return built_kata.parents[1]
 
 
 def _mkosi(fp: FakeProcess, version_line: str | None) -> None:
