@@ -11,7 +11,7 @@ TOOLS := $(CACHE)/tools
 MKOSI_STAMP := $(TOOLS)/mkosi/.version
 VENV_STAMP := $(VENV)/.installed
 PROTO_STAMP := guestinit/fabric/proto/fabric_pb2.py
-HOST_PACKAGES := qemu-system-x86 qemu-utils cpio zstd kmod busybox-static erofs-utils libvirt-clients \
+HOST_PACKAGES := qemu-system-x86 qemu-utils cpio zstd lz4 kmod busybox-static erofs-utils libvirt-clients \
 	ovmf binutils gcc make debian-archive-keyring apt dpkg iproute2 libxml2-utils reprepro \
 	e2fsprogs fdisk xz-utils libc6-dev libdevmapper-dev libseccomp-dev
 PYTEST_ARGS ?=

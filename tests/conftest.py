@@ -3,7 +3,9 @@ input digest under ~/.cache/guestinit) and boot it under the real QEMU."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -28,10 +30,23 @@ def kata_image() -> Path:
     """The default Kata guest image, built when its inputs changed (else reused)."""
     import io
 
+    from guestinit.host.bench.images import image_of
     from guestinit.host.build.builder import build
 
-    manifest = build("kata", if_needed=True, log=io.StringIO())
-    return manifest.parent / "guestinit-kata.cpio"
+    return image_of(build("kata", if_needed=True, log=io.StringIO()))
+
+
+@pytest.fixture
+def stand_in_mkosi(fp: Any) -> Callable[..., None]:
+    """``stand_in_mkosi(run, returncode=0)``: the next mkosi run is stood in for by ``run``
+    (pytest-subprocess hands it the FakePopen); the lz4 that packs the Kata initrd after it is
+    the real one."""
+
+    def register(run: Callable[[Any], None], returncode: int = 0) -> None:
+        fp.pass_command([fp.program("lz4"), fp.any()], occurrences=8)
+        fp.register([fp.any()], callback=run, returncode=returncode)
+
+    return register
 
 
 @pytest.fixture
@@ -47,7 +62,7 @@ def built_kata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(builder, "repo_root", lambda: tmp_path)
     out = tmp_path / "build" / "kata"
     out.mkdir(parents=True)
-    (out / "guestinit-kata.cpio").write_bytes(b"good initrd")
+    (out / "guestinit-kata.cpio.lz4").write_bytes(b"good initrd")
     (out / "guestinit-kata.vmlinuz").write_bytes(b"good kernel")
     manifests.write_manifest(out, images.target("kata"), "d" * 64, 1.0, 1796349683)
     return out

@@ -8,12 +8,14 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
+from guestinit.host import streams
 from guestinit.host.errors import UserError
 
-DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio")
+DEFAULT_IMAGE = Path("build/kata/guestinit-kata.cpio.lz4")
+# What an image file's name ends with; the kernel beside it is the name without it + .vmlinuz
+INITRD_SUFFIXES = (".cpio.lz4", ".cpio.zst", ".cpio.gz", ".cpio", ".initrd", ".img")
 # What Kata's runtime adds to the command line for a rootfs image (rootfs_type = "erofs", the
 # image on virtio-blk as disable_image_nvdimm = true attaches it): root on the disk's first
 # partition, read-only, and systemd's target and masks, which guestinit takes in its stride.
@@ -21,19 +23,17 @@ KATA_IMAGE_APPEND = (
     "root=/dev/vda1 rootflags=ro rootfstype=erofs systemd.unit=kata-containers.target "
     "systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket"
 )
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CPIO_MAGIC = b"070701"
-GZIP_MAGIC = b"\x1f\x8b"
-# The other compressions Debian's kernel unpacks an initrd from (RD_*): lz4 (legacy frames,
-# `lz4 -l`), xz, lzma, bzip2, lzo
-OTHER_INITRD_MAGICS = (b"\x02\x21\x4c\x18", b"\xfd7zXZ\x00", b"\x5d\x00\x00", b"BZh", b"\x89LZO")
+# The other compressions Debian's kernel unpacks an initrd from (RD_*) that streams.py does not
+# name: lzma, lzo
+OTHER_INITRD_MAGICS = (b"\x5d\x00\x00", b"\x89LZO")
 
 
 def image_form(image: Path) -> str:
     """ "initrd" (a cpio, plain or compressed) or "image" (a disk with a partition table)."""
     with open(image, "rb") as f:
         head = f.read(512)
-    if head.startswith((CPIO_MAGIC, ZSTD_MAGIC, GZIP_MAGIC, *OTHER_INITRD_MAGICS)):
+    if head.startswith((CPIO_MAGIC, *OTHER_INITRD_MAGICS)) or streams.compression(head) != "plain":
         return "initrd"
     if len(head) == 512 and head[510:] == b"\x55\xaa":
         return "image"
@@ -66,7 +66,7 @@ def resolve_kernel(image: Path, kernel: Path | None) -> Path:
             raise UserError(f"kernel {kernel} not found", hint="pass an existing --kernel file")
         return kernel
     name = image.name
-    for suffix in (".cpio.zst", ".cpio.gz", ".cpio", ".initrd", ".img"):
+    for suffix in INITRD_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -77,47 +77,42 @@ def resolve_kernel(image: Path, kernel: Path | None) -> Path:
 
 
 def combine_initrd(image: Path, extras: list[Path], out: Path) -> Path:
-    """Append extra cpio archives to the image, each in the image's own form: the kernel
-    cannot find a plain cpio after a zstd image (its zstd reader takes the rest as more
-    frames), so plain extras are compressed after a zstd image; after a plain image, zstd
-    extras are decompressed, so the initrd stays one copy the kernel reads without a decoder."""
+    """Append extra cpio archives to the image, each in the image's own form. The kernel's zstd
+    and lz4 readers take whatever follows an image of theirs as more frames (lz4's legacy frames
+    have no end mark), so after such an image every extra is compressed the same way; after a
+    plain image, compressed extras are decompressed, so the initrd stays one copy the kernel
+    reads without a decoder. ``out`` appears whole or not at all."""
     if not extras:
         return image
     with open(image, "rb") as f:
-        image_zstd = f.read(4) == ZSTD_MAGIC
-    with open(out, "wb") as dst:
-        with open(image, "rb") as src:
-            shutil.copyfileobj(src, dst)
-        for extra in extras:
-            if not extra.is_file():
-                raise UserError(f"extra initrd {extra} not found", hint="pass an existing cpio archive")
-            with open(extra, "rb") as f:
-                magic = f.read(6)
-            extra_zstd = magic[:4] == ZSTD_MAGIC
-            if not extra_zstd and not magic.startswith(CPIO_MAGIC):
-                raise UserError(
-                    f"extra initrd {extra} is neither a newc cpio nor zstd-compressed",
-                    hint="create it with `cpio -o -H newc` (optionally zstd-compressed)",
-                )
-            if extra_zstd == image_zstd:
-                with open(extra, "rb") as src:
-                    shutil.copyfileobj(src, dst)
-            else:
-                dst.write(_zstd(extra, decompress=extra_zstd))
+        image_kind = streams.compression(f.read(8))
+    target = image_kind if image_kind in streams.PROGRAMS else "plain"
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with open(tmp, "wb") as dst:
+            with open(image, "rb") as src:
+                shutil.copyfileobj(src, dst)
+            for extra in extras:
+                dst.write(_extra_as(extra, target))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
-def _zstd(path: Path, decompress: bool) -> bytes:
-    argv = ["zstd", "-q", "-c", *(["-d"] if decompress else []), os.fspath(path)]
+def _extra_as(extra: Path, target: str) -> bytes:
+    """The extra initrd's bytes in the ``target`` compression ('plain', 'zstd' or 'lz4')."""
+    hint = "create it with `cpio -o -H newc` (optionally compressed with zstd, lz4 -l, gzip or xz)"
+    if not extra.is_file():
+        raise UserError(f"extra initrd {extra} not found", hint="pass an existing cpio archive")
+    raw = extra.read_bytes()
+    kind = streams.compression(raw[:8])
     try:
-        proc = subprocess.run(argv, capture_output=True, check=False)
-    except FileNotFoundError:
-        raise UserError("zstd not found", hint="apt-get install zstd (or run make setup)") from None
-    if proc.returncode != 0:
-        what = "decompress" if decompress else "compress"
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        raise UserError(
-            f"zstd could not {what} extra initrd {path}: {detail[0]}",
-            hint="pass a newc cpio or a whole zstd-compressed one",
-        )
-    return proc.stdout
+        data = raw if kind == "plain" else streams.read_all(extra)
+        if not data.startswith(CPIO_MAGIC):
+            raise UserError(f"extra initrd {extra} is not a newc cpio (plain or compressed)", hint=hint)
+        if kind == target:
+            return raw
+        return data if target == "plain" else streams.compress(data, target)
+    except streams.StreamError as exc:
+        raise UserError(f"extra initrd {extra}: {exc}", hint=hint) from None

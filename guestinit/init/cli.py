@@ -94,3 +94,7 @@ def tool(argv: list[str]) -> int:
         return 1 if config.problems else 0
     parser.print_help()
     return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from guestinit.host.streams import read_all
+
 pytestmark = pytest.mark.boot
 
 
@@ -18,7 +20,7 @@ def tree(kata_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kata-root")
     subprocess.run(
         ["cpio", "-id", "--quiet", "--no-absolute-filenames"],
-        input=kata_image.read_bytes(),
+        input=read_all(kata_image),
         cwd=root,
         check=True,
         capture_output=True,
@@ -26,12 +28,15 @@ def tree(kata_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_initrd_is_a_plain_newc_cpio(kata_image: Path) -> None:
-    # uncompressed: the kernel unpacks it from the initrd memory with no decoder (mkosi.conf)
-    assert kata_image.name == "guestinit-kata.cpio"
+def test_initrd_is_a_newc_cpio_in_legacy_lz4_frames(kata_image: Path) -> None:
+    # mkosi's plain cpio packed with lz4 -l -9 (images.py): the kernel's fastest decoder, and
+    # the only lz4 format it reads (its size is in `guestctl bench`'s table, not asserted)
+    assert kata_image.name == "guestinit-kata.cpio.lz4"
     with open(kata_image, "rb") as f:
-        assert f.read(6) == b"070701"
-    assert not kata_image.with_name("guestinit-kata.cpio.zst").exists()  # no stale image beside it
+        assert f.read(4) == b"\x02\x21\x4c\x18"
+    assert read_all(kata_image).startswith(b"070701")
+    for stale in ("guestinit-kata.cpio", "guestinit-kata.cpio.zst"):
+        assert not kata_image.with_name(stale).exists()  # no second image beside it
 
 
 def test_python_is_sourceless_and_trimmed(tree: Path) -> None:

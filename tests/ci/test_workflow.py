@@ -184,9 +184,9 @@ def test_uploads_each_image_with_its_manifest(workflow: dict[Any, Any]) -> None:
         image_id = what.spec.image_id
         assert uploaded("manifest.json")
         # the artifacts the manifest lists (guestinit/host/build/manifest.py): the initrd,
-        # plain or zstd, and the kernel
+        # plain, lz4 or zstd, and the kernel
         assert uploaded(f"{image_id}.vmlinuz")
-        assert uploaded(f"{image_id}.cpio") and uploaded(f"{image_id}.cpio.zst")
+        assert all(uploaded(f"{image_id}.cpio{suffix}") for suffix in ("", ".lz4", ".zst"))
         # not the link to the cpio mkosi leaves beside it (a second copy), nor mkosi's own files
         for other in (image_id, f"{image_id}.manifest", f"{image_id}.kver"):
             assert not uploaded(other)

@@ -40,7 +40,7 @@ def make_build(
 ) -> Path:
     """A build directory with a kernel, an initrd (or image) and manifest.json; returns the manifest."""
     where.mkdir(parents=True, exist_ok=True)
-    rootfs_name = "guestinit-kata.cpio" if kind == "initrd" else "guestinit-kata.erofs"
+    rootfs_name = "guestinit-kata.cpio.lz4" if kind == "initrd" else "guestinit-kata.erofs"
     files = {rootfs_name: (kind, initrd_size), "guestinit-kata.vmlinuz": ("kernel", kernel_size)}
     artifacts = []
     for name, (art_kind, size) in files.items():

@@ -201,7 +201,7 @@ def test_changed_artifact_is_refused_and_prefix_untouched(
     prefix = tmp_path / "opt-kata"
     assert run(capsys, "deploy", "--manifest", builds[0], "--prefix", prefix)[0] == 0
     before = tree(prefix)
-    initrd = builds[1].parent / "guestinit-kata.cpio"
+    initrd = builds[1].parent / "guestinit-kata.cpio.lz4"
     data = bytearray(initrd.read_bytes())
     data[1000] ^= 0xFF
     initrd.write_bytes(bytes(data))

@@ -204,7 +204,7 @@ def test_containerfile_image_runs_guestctl_deploy(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "deployed 0.1.0-20261126160000+" in done.stdout
     state = observe(node)
-    assert state["initrd"] == (build / "guestinit-kata.cpio").read_bytes()
+    assert state["initrd"] == (build / "guestinit-kata.cpio.lz4").read_bytes()
     # The DaemonSet's init container: same image, host paths mounted, the planner on a real capture.
     pod = load("daemonset.yaml")["spec"]["template"]["spec"]
     init = pod["initContainers"][0]

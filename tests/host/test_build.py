@@ -4,6 +4,7 @@ import io
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from pytest_subprocess import FakeProcess
 from guestinit.host.build import builder, manifest
 from guestinit.host.build import images as build
 from guestinit.host.errors import UserError
+from guestinit.host.streams import read_all
 
 
 def _opt(argv: list[str], name: str) -> str:
@@ -93,7 +95,7 @@ def test_a_zstd_initrd_is_an_initrd_too(tmp_path: Path) -> None:
     assert (artifact["name"], artifact["kind"], artifact["size"]) == ("guestinit-kata.cpio.zst", "initrd", 10)
 
 
-def _fake_mkosi(fp: FakeProcess, writes: dict[str, bytes] | None, returncode: int = 0) -> None:
+def _fake_mkosi(stand_in: Callable[..., None], writes: dict[str, bytes] | None, returncode: int = 0) -> None:
     """mkosi stood in for: writes ``writes`` into its --output-directory, exits ``returncode``."""
 
     def run(process: FakeProcess) -> None:  # pytest-subprocess hands the FakePopen
@@ -102,25 +104,35 @@ def _fake_mkosi(fp: FakeProcess, writes: dict[str, bytes] | None, returncode: in
         for name, data in (writes or {}).items():
             (out / name).write_bytes(data)
 
-    fp.register([fp.any()], callback=run, returncode=returncode)
+    stand_in(run, returncode)
 
 
-def test_a_failed_build_leaves_the_last_good_one(built_kata: Path, fp: FakeProcess) -> None:
+def test_a_failed_build_leaves_the_last_good_one(
+    built_kata: Path, stand_in_mkosi: Callable[..., None]
+) -> None:
     before = {p.name: p.read_bytes() for p in built_kata.iterdir()}
-    _fake_mkosi(fp, {"guestinit-kata.cpio": b"half"}, returncode=1)
+    _fake_mkosi(stand_in_mkosi, {"guestinit-kata.cpio": b"half"}, returncode=1)
     with pytest.raises(UserError, match="the last build is untouched"):
         builder.build("kata", log=io.StringIO())
     assert {p.name: p.read_bytes() for p in built_kata.iterdir()} == before
     assert sorted(p.name for p in built_kata.parent.iterdir()) == ["kata"]  # no staging left behind
 
 
-def test_a_good_build_replaces_the_last_one_whole(built_kata: Path, fp: FakeProcess) -> None:
-    _fake_mkosi(fp, {"guestinit-kata.cpio": b"new initrd", "guestinit-kata.vmlinuz": b"new kernel"})
+def test_a_good_build_replaces_the_last_one_whole(
+    built_kata: Path, stand_in_mkosi: Callable[..., None]
+) -> None:
+    _fake_mkosi(
+        stand_in_mkosi, {"guestinit-kata.cpio": b"new initrd", "guestinit-kata.vmlinuz": b"new kernel"}
+    )
     log = io.StringIO()
     path = builder.build("kata", log=log)
     data = json.loads(path.read_text())
-    assert {a["name"] for a in data["artifacts"]} == {"guestinit-kata.cpio", "guestinit-kata.vmlinuz"}
-    assert (built_kata / "guestinit-kata.cpio").read_bytes() == b"new initrd"
+    # mkosi's plain cpio is packed with lz4 in legacy frames, the one lz4 format the kernel reads
+    assert {a["name"] for a in data["artifacts"]} == {"guestinit-kata.cpio.lz4", "guestinit-kata.vmlinuz"}
+    packed = built_kata / "guestinit-kata.cpio.lz4"
+    assert packed.read_bytes().startswith(b"\x02\x21\x4c\x18") and read_all(packed) == b"new initrd"
+    assert not (built_kata / "guestinit-kata.cpio").exists()
+    assert "packed guestinit-kata.cpio.lz4: lz4" in log.getvalue()
     assert data["source_date_epoch"] == 1796349683 and data["built"] == "2026-12-04T02:01:23+00:00"
     assert data["version"].endswith("-20261204020123-" + data["input_digest"][:8])
     assert "SOURCE_DATE_EPOCH=1796349683" in log.getvalue() and "--source-date-epoch" in log.getvalue()
@@ -128,18 +140,22 @@ def test_a_good_build_replaces_the_last_one_whole(built_kata: Path, fp: FakeProc
     assert build.last_build(built_kata.parent.parent) == built_kata
 
 
-def test_check_reproducible_names_the_first_difference(built_kata: Path, fp: FakeProcess) -> None:
+def test_check_reproducible_names_the_first_difference(
+    built_kata: Path, stand_in_mkosi: Callable[..., None]
+) -> None:
     from guestinit.host.build.newc import S_IFREG, Entry, write
 
     first = write([Entry("etc/a", S_IFREG | 0o644, b"x"), Entry("etc/b", S_IFREG | 0o644, b"y")])
     second = write([Entry("etc/a", S_IFREG | 0o644, b"x"), Entry("etc/b", S_IFREG | 0o644, b"z")])
-    _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
-    _fake_mkosi(fp, {"guestinit-kata.cpio": second, "guestinit-kata.vmlinuz": b"k"})
-    with pytest.raises(UserError, match=r"not reproducible: guestinit-kata.cpio: .*etc/b: content differ"):
+    _fake_mkosi(stand_in_mkosi, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
+    _fake_mkosi(stand_in_mkosi, {"guestinit-kata.cpio": second, "guestinit-kata.vmlinuz": b"k"})
+    with pytest.raises(
+        UserError, match=r"not reproducible: guestinit-kata.cpio.lz4: .*etc/b: content differ"
+    ):
         builder.build("kata", log=io.StringIO(), check_reproducible=True)
-    assert (built_kata / "guestinit-kata.cpio").read_bytes() == first  # the first build is the build
-    _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
-    _fake_mkosi(fp, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
+    assert read_all(built_kata / "guestinit-kata.cpio.lz4") == first  # the first build is the build
+    _fake_mkosi(stand_in_mkosi, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
+    _fake_mkosi(stand_in_mkosi, {"guestinit-kata.cpio": first, "guestinit-kata.vmlinuz": b"k"})
     log = io.StringIO()
     builder.build("kata", log=log, check_reproducible=True)
     assert "reproducible: the second build's 2 artifacts are byte for byte the same" in log.getvalue()
@@ -147,7 +163,7 @@ def test_check_reproducible_names_the_first_difference(built_kata: Path, fp: Fak
 
 
 @pytest.mark.skipif(not (build.mkosi_python_path() / "mkosi").is_dir(), reason="mkosi not set up")
-def test_default_image_is_uncompressed_and_the_gpu_profile_keeps_zstd(tmp_path: Path) -> None:
+def test_mkosi_writes_the_default_image_plain_for_lz4_and_the_gpu_profile_zstd(tmp_path: Path) -> None:
     root = build.repo_root()
     env = dict(os.environ, PYTHONPATH=os.fspath(build.mkosi_python_path()))
     seen = {}
@@ -160,7 +176,9 @@ def test_default_image_is_uncompressed_and_the_gpu_profile_keeps_zstd(tmp_path: 
         config = json.loads(out.stdout)["Images"][-1]
         assert config["Format"] == "cpio" and config["PostOutputScripts"] == []
         seen[profile] = config["CompressOutput"]
-    # guestinit-kata.cpio, read by the kernel with no decoder; the gpu image stays .cpio.zst
+    # mkosi writes guestinit-kata.cpio, which the build packs with lz4 -l (images.py: lz4); the
+    # gpu image stays mkosi's .cpio.zst
+    assert build.target("kata").lz4 and not build.target("kata", "gpu").lz4
     assert seen == {"default": "none", "gpu": "zstd"}
 
 

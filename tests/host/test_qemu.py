@@ -109,7 +109,8 @@ def test_resolve_kernel(tmp_path: Path) -> None:
         resolve_kernel(image, None)
     (tmp_path / "x.vmlinuz").write_bytes(b"k")
     assert resolve_kernel(image, None) == tmp_path / "x.vmlinuz"
-    assert resolve_kernel(tmp_path / "x.cpio", None) == tmp_path / "x.vmlinuz"  # the default image's form
+    assert resolve_kernel(tmp_path / "x.cpio", None) == tmp_path / "x.vmlinuz"
+    assert resolve_kernel(tmp_path / "x.cpio.lz4", None) == tmp_path / "x.vmlinuz"  # the default image's form
 
 
 def _cpio(tmp_path: Path, name: str, content: bytes) -> Path:
@@ -141,21 +142,51 @@ def test_combine_initrd_decompresses_zstd_extra_after_plain_image(tmp_path: Path
     assert out.read_bytes() == base.read_bytes() + extra.read_bytes() + plain.read_bytes()
 
 
-def test_combine_initrd_refuses_a_broken_zstd_extra(tmp_path: Path) -> None:
+def test_combine_initrd_keeps_an_lz4_image_lz4_to_the_end(tmp_path: Path) -> None:
+    """The kernel's lz4 reader takes everything after an lz4 image as more legacy frames: plain
+    and zstd extras are packed with lz4 -l, and the whole decompresses to the three archives."""
     base = _cpio(tmp_path, "a", b"A")
-    broken = tmp_path / "broken.cpio.zst"
-    broken.write_bytes(b"\x28\xb5\x2f\xfd" + b"\xff" * 16)
-    with pytest.raises(UserError, match=r"zstd could not decompress extra initrd .*broken\.cpio\.zst"):
-        combine_initrd(base, [broken], tmp_path / "out.img")
+    image = tmp_path / "img.cpio.lz4"
+    subprocess.run(["lz4", "-q", "-l", "-9", str(base), str(image)], check=True)
+    extra = _cpio(tmp_path, "b", b"B")
+    subprocess.run(["zstd", "-q", str(extra), "-o", str(tmp_path / "b.cpio.zst")], check=True)
+    plain = _cpio(tmp_path, "c", b"C")
+    out = combine_initrd(image, [tmp_path / "b.cpio.zst", plain], tmp_path / "out.img")
+    data = out.read_bytes()
+    assert data.startswith(image.read_bytes()) and data.count(b"\x02\x21\x4c\x18") == 3
+    unpacked = subprocess.run(["lz4", "-dc", str(out)], capture_output=True, check=True).stdout
+    assert unpacked == base.read_bytes() + extra.read_bytes() + plain.read_bytes()
 
 
-def test_combine_initrd_rejects_garbage(tmp_path: Path) -> None:
-    img = tmp_path / "img"
-    img.write_bytes(b"\x28\xb5\x2f\xfd")
-    junk = tmp_path / "junk"
-    junk.write_bytes(b"hello")
-    with pytest.raises(UserError, match="neither a newc cpio"):
-        combine_initrd(img, [junk], tmp_path / "out")
+@pytest.mark.parametrize(
+    ("name", "content", "expect"),
+    [
+        (
+            "broken.cpio.zst",
+            b"\x28\xb5\x2f\xfd" + b"\xff" * 16,
+            r"broken\.cpio\.zst: corrupt or truncated zstd data",
+        ),
+        (
+            "broken.cpio.lz4",
+            b"\x02\x21\x4c\x18\x10\x00\x00\x00abc",
+            r"broken\.cpio\.lz4: corrupt or truncated lz4 data",
+        ),
+        ("junk", b"hello", r"junk is not a newc cpio \(plain or compressed\)"),
+    ],
+)
+def test_combine_initrd_refuses_a_bad_extra_and_writes_nothing(
+    tmp_path: Path, name: str, content: bytes, expect: str
+) -> None:
+    base = _cpio(tmp_path, "a", b"A")
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    for image in (base, tmp_path / "img.cpio.lz4"):
+        if image != base:
+            subprocess.run(["lz4", "-q", "-l", str(base), str(image)], check=True)
+        with pytest.raises(UserError, match=expect) as caught:
+            combine_initrd(image, [bad], tmp_path / "out.img")
+        assert "\n" not in caught.value.line()
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == []
 
 
 def test_only_a_kernel_death_before_init_is_retried(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import kata_sources
@@ -14,6 +15,7 @@ import pytest
 from pytest_subprocess import FakeProcess
 from standin_harness import Vm, console_report
 
+from guestinit.host.bench.images import image_of
 from guestinit.host.build import agent, builder, images
 from guestinit.host.build import manifest as manifests
 from guestinit.host.errors import UserError
@@ -68,7 +70,7 @@ def repo(built_kata: Path) -> Path:
     return built_kata.parents[1]
 
 
-def _mkosi(fp: FakeProcess, version_line: str | None) -> None:
+def _mkosi(stand_in: Callable[..., None], version_line: str | None) -> None:
     def run(process: FakeProcess) -> None:
         argv = [str(a) for a in process.args]
         out = Path(argv[argv.index("--output-directory") + 1])
@@ -79,11 +81,13 @@ def _mkosi(fp: FakeProcess, version_line: str | None) -> None:
         if version_line is not None:  # what image/mkosi.finalize writes
             (out / "guestinit-kata.agent-version").write_text(version_line + "\n")
 
-    fp.register([fp.any()], callback=run)
+    stand_in(run)
 
 
-def test_the_manifest_records_the_agent(repo: Path, dynamic_agent: Path, fp: FakeProcess) -> None:
-    _mkosi(fp, LINE)
+def test_the_manifest_records_the_agent(
+    repo: Path, dynamic_agent: Path, stand_in_mkosi: Callable[..., None]
+) -> None:
+    _mkosi(stand_in_mkosi, LINE)
     path = builder.build("kata", kata_agent=str(dynamic_agent), log=io.StringIO())
     record = json.loads(path.read_text())["kata_agent"]
     assert record["version"] == "3.99.0" and record["linking"]["type"] == "dynamic"
@@ -115,12 +119,12 @@ def test_bad_sources_fail_before_the_build_and_keep_the_last_one(
 
 
 def test_an_agent_that_reports_no_version_in_the_image_fails_the_build(
-    repo: Path, static_agent: Path, fp: FakeProcess
+    repo: Path, static_agent: Path, stand_in_mkosi: Callable[..., None]
 ) -> None:
-    _mkosi(fp, None)
+    _mkosi(stand_in_mkosi, None)
     with pytest.raises(UserError, match="did not report a version"):
         builder.build("kata", kata_agent=str(static_agent), log=io.StringIO())
-    assert (repo / "build" / "kata" / "guestinit-kata.cpio").read_bytes() == b"good initrd"
+    assert (repo / "build" / "kata" / "guestinit-kata.cpio.lz4").read_bytes() == b"good initrd"
 
 
 @pytest.mark.boot
@@ -132,7 +136,7 @@ def test_a_built_in_dynamic_agent_runs_in_the_guest(dynamic_agent: Path, tmp_pat
     assert record["version"] == "3.99.0" and record["linking"]["type"] == "dynamic"
     # The agent is ready once started: its report reaches the console after READY, so the VM
     # is watched until it has, then powered down.
-    vm = Vm(path.parent / "guestinit-kata.cpio", [], "", tmp_path / "vm")
+    vm = Vm(image_of(path), [], "", tmp_path / "vm")
     try:
         assert vm.until(lambda: vm.first("READY") or vm.exited(), 180), vm.why()
         assert vm.until(lambda: "KATA_STANDIN_REPORT " in vm.console(), 60), vm.why()

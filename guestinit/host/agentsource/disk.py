@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from guestinit.host.agentsource.streams import copy_range, program
 from guestinit.host.agentsource.trees import DirTree, Entry, TreeError, Unreadable
+from guestinit.host.streams import copy_range, program
 
 SECTOR = 512
 EXT_MAGIC_AT, EXT_MAGIC = 1024 + 56, b"\x53\xef"

@@ -18,7 +18,7 @@ import guestinit.host.agentsource.assets as assets
 import guestinit.host.agentsource.disk as disk
 import guestinit.host.agentsource.elf as elf
 import guestinit.host.agentsource.libraries as libraries
-import guestinit.host.agentsource.streams as streams
+import guestinit.host.streams as streams
 from guestinit.host.agentsource.cpio import CpioTree, is_cpio
 from guestinit.host.agentsource.tarball import TarTree
 from guestinit.host.agentsource.trees import DirTree, NotFound, Resolved, Tree, TreeError, resolve

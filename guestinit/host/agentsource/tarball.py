@@ -9,8 +9,8 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from guestinit.host.agentsource.streams import StreamError, opened
 from guestinit.host.agentsource.trees import Entry, TreeError, split
+from guestinit.host.streams import StreamError, opened
 
 
 def _key(name: str) -> str | None:

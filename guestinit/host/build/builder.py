@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from guestinit.host import streams
 from guestinit.host.build import agent, erofs, reproducible
 from guestinit.host.build.images import (
     Target,
@@ -175,10 +176,38 @@ def _run(
             image = erofs.pack(tree, dest / f"{what.spec.image_id}.img", epoch, digest)
             shutil.rmtree(tree)
             _say(log, f"packed {image.name}: erofs (lz4hc) in partition 1 of an MBR disk")
+        elif what.lz4:
+            packed = _pack_lz4(dest, what.spec.image_id)
+            _say(log, f"packed {packed.name}: lz4 (legacy frames, as the kernel reads them)")
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return time.monotonic() - start
+
+
+def _pack_lz4(dest: Path, image_id: str) -> Path:
+    """mkosi's plain ``<id>.cpio`` -> ``<id>.cpio.lz4`` (the plain one removed, mkosi's ``<id>``
+    link pointed at the packed one)."""
+    plain = dest / f"{image_id}.cpio"
+    if not plain.is_file() or plain.is_symlink():
+        raise UserError(
+            f"mkosi wrote no {plain.name} to pack with lz4",
+            hint="the image's mkosi.conf must say Format=cpio and CompressOutput=no",
+            exit_code=1,
+        )
+    packed = plain.with_name(plain.name + ".lz4")
+    try:
+        packed.write_bytes(streams.compress(plain.read_bytes(), "lz4"))
+    except streams.StreamError as exc:
+        raise UserError(
+            f"packing {plain.name}: {exc}", hint="apt-get install lz4 (or run make setup)"
+        ) from None
+    plain.unlink()
+    link = dest / image_id
+    if link.is_symlink():
+        link.unlink()
+        link.symlink_to(packed.name)
+    return packed
 
 
 def _replace_dir(new: Path, old: Path) -> None:

@@ -28,6 +28,9 @@ class ImageSpec:
     help: str
     profiles: tuple[str, ...] = ()
     forms: tuple[str, ...] = ("initrd",)
+    # Profiles whose initrd the build packs with lz4 (legacy frames, what the kernel reads) from
+    # mkosi's plain cpio (CompressOutput=no): the kernel's fastest decoder, a third the size.
+    lz4: tuple[str, ...] = ()
 
 
 GUEST_INPUTS = (
@@ -50,6 +53,7 @@ IMAGES: dict[str, ImageSpec] = {
         "the Kata guest: Debian trixie, guestinit as PID 1, an initrd or an erofs disk image + kernel",
         profiles=("gpu",),
         forms=("initrd", "erofs"),
+        lz4=("default",),
     ),
     "servicevm": ImageSpec(
         "servicevm",
@@ -99,6 +103,11 @@ class Target:
         return "-".join(self.mkosi_profiles)
 
     @property
+    def lz4(self) -> bool:
+        """Its initrd is packed with lz4 after mkosi (ImageSpec.lz4)."""
+        return self.form == "initrd" and self.profile in self.spec.lz4
+
+    @property
     def label(self) -> str:
         return f"{self.spec.name} ({self.profile}, {self.form})"
 
@@ -120,6 +129,8 @@ def input_digest(root: Path, build: Target, extra: dict[str, str]) -> str:
     spec = build.spec
     h = hashlib.sha256()
     h.update(f"{spec.name}\0{build.profile}\0{build.form}\0{json.dumps(extra, sort_keys=True)}\0".encode())
+    if build.lz4:  # the same tree packed another way is another build
+        h.update(b"lz4\0")
     for entry in spec.inputs:
         base = root / entry
         paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())

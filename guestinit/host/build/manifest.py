@@ -172,7 +172,13 @@ def verify_artifact(artifact: Artifact) -> None:
 
 
 def _artifacts(out: Path, image_id: str) -> list[dict[str, object]]:
-    kinds = {".cpio": "initrd", ".cpio.zst": "initrd", ".img": "image", ".vmlinuz": "kernel"}
+    kinds = {
+        ".cpio": "initrd",
+        ".cpio.zst": "initrd",
+        ".cpio.lz4": "initrd",
+        ".img": "image",
+        ".vmlinuz": "kernel",
+    }
     artifacts = []
     for path in sorted(out.iterdir()):
         if path.is_symlink() or not path.is_file() or not path.name.startswith(image_id):

@@ -2,28 +2,24 @@
 owners and mtimes so the same entries give the same bytes, and read member by member with
 every header checked, so a truncated or corrupt archive is one clear error, not a traceback.
 
-Compressed archives (gzip, xz, zstd: what Kata and mkosi write) are opened by their magic;
-zstd goes through the ``zstd`` program (no zstd module in Python 3.11's standard library).
+Compressed archives (gzip, xz, zstd, lz4: what Kata, mkosi and ``guestctl build`` write) are
+opened by their magic (guestinit.host.streams).
 """
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from guestinit.host import streams
 
 S_IFMT = 0o170000
 S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 HEADER = 110
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-GZIP_MAGIC = b"\x1f\x8b"
-XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 class NewcError(ValueError):
@@ -106,30 +102,11 @@ def read(data: bytes, where: str = "archive") -> Iterator[Entry]:
         raise NewcError(f"{where}: empty: no cpio member")
 
 
-def decompress(data: bytes, where: str) -> bytes:
-    """``data`` as a plain archive, whatever of gzip, xz, zstd or nothing it was compressed with."""
-    try:
-        if data.startswith(GZIP_MAGIC):
-            return gzip.decompress(data)
-        if data.startswith(XZ_MAGIC):
-            return lzma.decompress(data)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise NewcError(f"{where}: corrupt or truncated compressed data ({exc})") from None
-    if data.startswith(ZSTD_MAGIC):
-        try:
-            proc = subprocess.run(["zstd", "-q", "-d", "-c"], input=data, capture_output=True, check=False)
-        except FileNotFoundError:
-            raise NewcError(
-                f"{where}: zstd-compressed, and no zstd program to read it (apt install zstd)"
-            ) from None
-        if proc.returncode != 0:
-            detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-            raise NewcError(f"{where}: corrupt or truncated zstd data ({detail[0]})")
-        return proc.stdout
-    return data
-
-
 def read_file(path: Path) -> Iterator[Entry]:
     """The members of the archive at ``path``, decompressed as needed."""
-    data = path.read_bytes()
-    return read(decompress(data, os.fspath(path)), os.fspath(path))
+    where = os.fspath(path)
+    try:
+        data = streams.read_all(path)
+    except streams.StreamError as exc:
+        raise NewcError(f"{where}: {exc}") from None
+    return read(data, where)

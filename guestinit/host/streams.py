@@ -1,8 +1,10 @@
-"""Compressed streams: tell gzip, zstd, xz and plain apart by their magic, and read them.
+"""Compressed streams: tell gzip, zstd, xz, lz4 and plain apart by their magic, read them, and
+write zstd or lz4 (an initrd's compressions).
 
-gzip and xz come from the standard library; zstd from the ``zstd`` program (Debian package zstd,
-one of the host packages; Python 3.11 has no zstd module). Corrupt or truncated input raises
-``StreamError`` with what the decompressor said."""
+gzip and xz come from the standard library; zstd and lz4 from their programs (Debian packages
+zstd and lz4, among the host packages; Python 3.11 has neither module). lz4 is written in the
+legacy frame format (``lz4 -l``), the only one the kernel's initramfs decoder reads. Corrupt or
+truncated input raises ``StreamError`` with what the decompressor said."""
 
 from __future__ import annotations
 
@@ -35,8 +37,18 @@ class MissingProgram(StreamError):
     """A program this needs is not installed (the message names its Debian package)."""
 
 
+LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
+# The programs that read and write the compressions Python cannot: (program, Debian package),
+# how it decompresses to stdout, how it compresses stdin to stdout.
+PROGRAMS = {
+    "zstd": (("zstd", "zstd"), ("-q", "-d", "-c"), ("-q", "-c")),
+    # -9: lz4hc, smaller at the same decoding speed; -l: legacy frames for the kernel
+    "lz4": (("lz4", "lz4"), ("-q", "-d", "-c"), ("-q", "-l", "-9", "-c")),
+}
+
+
 def compression(head: bytes) -> str:
-    """'gzip', 'zstd', 'xz', 'bzip2', 'lz4' or 'plain' (bzip2 and lz4 are recognised, not read)."""
+    """'gzip', 'zstd', 'xz', 'bzip2', 'lz4' or 'plain' (bzip2 is recognised, not read)."""
     for magic, name in MAGICS:
         if head.startswith(magic):
             return name
@@ -80,14 +92,14 @@ ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError)
 @contextlib.contextmanager
 def opened(path: Path, check: bool = True) -> Iterator[IO[bytes]]:
     """A readable stream of the decompressed content. With ``check``, a decompressor that fails
-    (or, for zstd, exits non-zero) after the caller is done raises StreamError."""
+    (or, for zstd and lz4, exits non-zero) after the caller is done raises StreamError."""
     with open(path, "rb") as raw:
         kind = compression(raw.read(8))
-    if kind == "zstd":
-        with _zstd(path, check) as stream:
+    if kind in PROGRAMS:
+        with _program_stream(kind, path, check) as stream:
             yield stream
         return
-    if kind in ("lz4", "bzip2"):
+    if kind == "bzip2":
         raise StreamError(f"{kind}-compressed, which this tool does not read: decompress it first")
     opener: Any = {"gzip": gzip.open, "xz": lzma.open, "plain": open}[kind]
     try:
@@ -106,9 +118,10 @@ def _why(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _zstd(path: Path, check: bool) -> Iterator[IO[bytes]]:
-    zstd = program("zstd", "zstd")
-    proc = subprocess.Popen([zstd, "-dc", "--", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _program_stream(kind: str, path: Path, check: bool) -> Iterator[IO[bytes]]:
+    (name, package), decode, _ = PROGRAMS[kind]
+    argv = [program(name, package), *decode, "--", str(path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     failed = False
     try:
@@ -122,9 +135,26 @@ def _zstd(path: Path, check: bool) -> Iterator[IO[bytes]]:
         proc.stderr.close()
         rc = proc.wait()
         if check and not failed and rc != 0:
-            # zstd says "<name, perhaps shortened> : <what>": keep the what.
-            last = err.splitlines()[-1].split(" : ", 1)[-1] if err else f"zstd exited {rc}"
-            raise StreamError(f"corrupt or truncated zstd data ({last})")
+            # zstd and lz4 say "<name, perhaps shortened> : <what>": keep the what.
+            last = err.splitlines()[-1].split(" : ", 1)[-1] if err else f"{name} exited {rc}"
+            raise StreamError(f"corrupt or truncated {kind} data ({last})")
+
+
+def compress(data: bytes, kind: str) -> bytes:
+    """``data`` compressed as ``kind`` ('zstd', or 'lz4' in legacy frames); the same input gives
+    the same bytes."""
+    (name, package), _, encode = PROGRAMS[kind]
+    proc = subprocess.run([program(name, package), *encode], input=data, capture_output=True, check=False)
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        raise StreamError(f"{name} could not compress: {detail[0]}")
+    return proc.stdout
+
+
+def read_all(path: Path) -> bytes:
+    """The whole decompressed content of ``path``."""
+    with opened(path) as stream:
+        return stream.read()
 
 
 def decompress_to(path: Path, dest: Path) -> int:
