@@ -56,7 +56,9 @@ class Role:
 
 # One table: `check`, `list` and kernel-config/README.md follow it.
 ROLES: tuple[Role, ...] = (
-    Role("base", True, "every guestinit microVM: virtio, vsock, PCIe hot-plug, hugepages, zstd initrd"),
+    Role(
+        "base", True, "every guestinit microVM: virtio, vsock, PCIe hot-plug, hugepages, lz4 or zstd initrd"
+    ),
     Role("gpu", True, "the GPU image: NVIDIA's open modules and large BARs"),
     Role("servicevm", True, "the service VM: NVSwitches passed through for fabricmanager"),
     Role(

@@ -47,7 +47,7 @@ def test_fabricmanager_cfg_refuses_bad_values() -> None:
 def test_libvirt_domain_validates_against_libvirts_schema(tmp_path: Path) -> None:
     spec = render.DomainSpec(
         kernel="/var/lib/guestinit/guestinit-servicevm.vmlinuz",
-        initrd="/var/lib/guestinit/guestinit-servicevm.cpio.zst",
+        initrd="/var/lib/guestinit/guestinit-servicevm.cpio.lz4",
         nvswitches=tuple(
             render.PciAddress.parse(a) for a in ("0000:05:00.0", "06:00.0", "0000:07:00.0", "0000:08:00.0")
         ),
@@ -148,7 +148,7 @@ def servicevm_image() -> Path:
     from guestinit.host.build.builder import build
 
     manifest = build("servicevm", if_needed=True, log=io.StringIO())
-    return manifest.parent / "guestinit-servicevm.cpio.zst"
+    return manifest.parent / "guestinit-servicevm.cpio.lz4"
 
 
 @pytest.mark.boot
@@ -161,7 +161,7 @@ def test_image_runtime_runs_fm_controller(
         pytest.skip("chroot needs root")
     root = tmp_path / "root"
     root.mkdir()
-    unpack = f"zstd -dc {servicevm_image} | cpio -idm --quiet"
+    unpack = f"lz4 -dc {servicevm_image} | cpio -idm --quiet"
     subprocess.run(unpack, shell=True, cwd=root, check=True)
     work = root / "tmp/fk"
     work.mkdir(parents=True)
@@ -404,7 +404,7 @@ def test_servicevm_with_fabricmanager_survives_its_restart(fakes: tuple[Path, Pa
         subprocess.run(
             ["cpio", "-o", "-H", "newc", "--quiet"], cwd=extra, input=files.encode(), stdout=f, check=True
         )
-    image = out / "guestinit-servicevm.cpio.zst"
+    image = out / "guestinit-servicevm.cpio.lz4"
     result = boot(BootOptions(image=image, extra_initrd=[archive], timeout_s=240, run_dir=tmp_path / "run"))
     console = Path(result.console_log).read_text() if result.console_log else ""
     assert result.ready, f"{result.error}; console: {console[-3000:]}"

@@ -54,12 +54,18 @@ def image_tree(root: Path, agent: Path, libs: dict[str, Path] | None = None) -> 
 
 
 def initrd(root: Path, dest: Path, compression: str = "gzip") -> Path:
-    """A newc cpio of ``root``, compressed like Kata's initrd builder does (gzip; zstd too)."""
+    """A newc cpio of ``root``, compressed like Kata's initrd builder does (gzip; zstd too), or
+    as guestctl build packs its own (lz4)."""
     names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
     archive = subprocess.run(
         ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names, capture_output=True, check=True
     ).stdout
-    compressors = {"gzip": ["gzip", "-9c"], "zstd": ["zstd", "-q", "-c"], "xz": ["xz", "-c", "--check=crc32"]}
+    compressors = {
+        "gzip": ["gzip", "-9c"],
+        "zstd": ["zstd", "-q", "-c"],
+        "xz": ["xz", "-c", "--check=crc32"],
+        "lz4": ["lz4", "-q", "-l", "-9", "-c"],  # legacy frames: what guestctl build writes
+    }
     data = archive
     if compression in compressors:
         data = subprocess.run(compressors[compression], input=archive, capture_output=True, check=True).stdout

@@ -95,7 +95,7 @@ def test_a_upx_packed_agent(static_agent: Path, tmp_path: Path) -> None:
     assert "UPX" in refused(tmp_path / "kata-agent", tmp_path)
 
 
-@pytest.mark.parametrize("compression", ["gzip", "zstd", "xz"])
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "xz", "lz4"])
 def test_a_truncated_initrd(static_agent: Path, tmp_path: Path, compression: str) -> None:
     image = ks.initrd(ks.agent_init_tree(tmp_path / "r", static_agent), tmp_path / "i.img", compression)
     assert "truncated" in refused(cut(image, 0.5), tmp_path)

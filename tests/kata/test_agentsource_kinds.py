@@ -1,5 +1,5 @@
 """agentsource takes the agent out of every kind of SOURCE, built here from the stand-in the way
-Kata lays them out: the bare executable, initrds (gzip, zstd, xz, plain), disk images (ext4 and
+Kata lays them out: the bare executable, initrds (gzip, zstd, xz, lz4, plain), disk images (ext4 and
 erofs; MBR and GPT; with a dm-verity hash partition; behind a DAX header), release tarballs
 (.tar.xz, .tar.zst) and a Kata prefix, following their symlinks."""
 
@@ -56,7 +56,7 @@ def test_a_bare_executable(standins: dict[str, Path], tmp_path: Path, kind: str)
         assert agent.libraries.packages == () and agent.elf.needed == ()
 
 
-@pytest.mark.parametrize("compression", ["gzip", "zstd", "xz", "none"])
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "xz", "lz4", "none"])
 def test_an_agent_init_initrd(static_agent: Path, tmp_path: Path, compression: str) -> None:
     root = ks.agent_init_tree(tmp_path / "root", static_agent)
     image = ks.initrd(root, tmp_path / "kata-containers-initrd.img", compression)

@@ -48,10 +48,9 @@ OPTIONS: tuple[Option, ...] = (
         "--format",
         "initrd or erofs",
         "initrd",
-        "The guest's form: initrd (a newc cpio the kernel unpacks: lz4-packed for the default profile, "
-        "zstd for the gpu profile and the service VM) or erofs (Kata's rootfs-image form: an erofs "
-        "filesystem, lz4hc, in the first partition of a disk image, with a build of Debian's "
-        "kernel that has virtio-blk and erofs built in).",
+        "The guest's form: initrd (a newc cpio the kernel unpacks, lz4-packed) or erofs (Kata's "
+        "rootfs-image form: an erofs filesystem, lz4hc, in the first partition of a disk image, "
+        "with a build of Debian's kernel that has virtio-blk and erofs built in).",
         choices=("initrd", "erofs"),
         value="initrd",
     ),
