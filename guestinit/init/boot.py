@@ -25,6 +25,7 @@ from guestinit.init import (
 from guestinit.init.clock import Phase, boottime, kernel_log_stamp, log_text_stamp
 from guestinit.init.context import Context
 from guestinit.init.gpu import phase as gpu
+from guestinit.init.headstart import HeadStart
 from guestinit.init.kmsg import LEVELS, Log
 from guestinit.init.loop import Loop
 from guestinit.init.reaper import Reaper
@@ -45,7 +46,9 @@ class BootState(Context):
         self.start_s = start_s
         self.sender: Sender | None = None
         self.module_results: list[modules.LoadResult] = []
+        self.head: HeadStart | None = None  # what PID 1 did before importing the boot path
         self.module_loading: modules.Loading | None = None  # from start_modules to finish_modules
+        self.module_loadings: list[modules.Loading] = []  # the head start's, then start_modules'
         self.module_phase: Phase | None = None
         self.gpu: gpu.GpuState | None = None
         self.locked = False  # guestinit.lockdown applied: no module loads after boot's own
@@ -88,8 +91,9 @@ def choose_target(config: params.Config, root: Root) -> tuple[Target, str]:
 
 def early(state: BootState) -> None:
     root, log = state.root, state.log
-    with state.timeline.phase("mounts"):
-        if root.is_real:  # never mount the host's proc, sys, dev into a fixture or test tree
+    # after a head start (headstart.py) the mounts are made: the kernel's log and lo are left
+    with state.timeline.phase("mounts" if state.head is None else "kmsg, lo"):
+        if root.is_real and state.head is None:  # never the host's proc, sys, dev into a test tree
             mounts.mount_all(root)
         try:
             root.write_text("/proc/sys/kernel/printk_devkmsg", "on\n")
@@ -111,17 +115,44 @@ def early(state: BootState) -> None:
             state.problem(problem)
 
 
+def take_head_start(state: BootState) -> None:
+    """The head start's phases (headstart.py) into the timeline, the imports after it as a phase
+    of their own, and its error, if any, raised here on the boot's failure path."""
+    head = state.head
+    if head is None:
+        return
+    state.timeline.phases.extend(p for p in head.phases if p.name != "modules")
+    imports = Phase("imports (rest)", head.end_s)
+    imports.end_s = boottime()
+    state.timeline.phases.append(imports)
+    if head.error is not None:
+        if head.phases:
+            head.phases[-1].error = f"{type(head.error).__name__}: {head.error}"
+        raise head.error
+
+
 def start_modules(state: BootState) -> None:
     """Start loading, in the background, the modules this VM's devices call for (coldplug.py)
-    and those ``guestinit.modules=`` names; finish_modules() collects them. The kernel links
-    them on other CPUs while the init goes on with the GPU phase."""
-    phase = state.module_phase = Phase("modules", boottime())
-    state.timeline.phases.append(phase)
-    tree = modules.ModuleTree(state.root)
+    and those ``guestinit.modules=`` names, beside those the head start is loading already;
+    finish_modules() collects them. The kernel links them on other CPUs while the init goes on
+    with the GPU phase."""
+    head = state.head
+    tree = head.tree if head is not None and head.tree is not None else modules.ModuleTree(state.root)
     devices = coldplug.Devices(state.root)
     wanted = [*coldplug.wanted(devices, bool(state.config.text("notify"))), *state.config.strings("modules")]
     present = [m for m in wanted if tree.resolve(m) is not None]
-    state.module_loading = modules.Loading(tree, present)
+    if head is not None and head.loading is not None:
+        state.module_loadings.append(head.loading)
+        state.module_phase = next(p for p in head.phases if p.name == "modules")
+        present = [m for m in present if m not in head.started]
+        if present:  # they may share dependencies with the loads under way: after those
+            head.loading.wait()
+    if state.module_phase is None:
+        state.module_phase = Phase("modules", boottime())
+    state.timeline.phases.append(state.module_phase)
+    if present or not state.module_loadings:
+        state.module_loadings.append(modules.Loading(tree, present))
+    state.module_loading = state.module_loadings[-1]
 
 
 def read_exec_time(state: BootState) -> None:
@@ -136,11 +167,12 @@ def read_exec_time(state: BootState) -> None:
 
 def finish_modules(state: BootState) -> None:
     """Wait for the last of start_modules()' loads; a failed one is a problem, not fatal."""
-    loading, phase = state.module_loading, state.module_phase
-    if loading is None or phase is None:
+    phase = state.module_phase
+    if not state.module_loadings or phase is None:
         return
-    results = loading.wait()
-    phase.end_s = boottime()
+    results = [r for loading in state.module_loadings for r in loading.wait()]
+    # when the last load returned, which with a head start is often well before this wait
+    phase.end_s = max(loading.finished_s or boottime() for loading in state.module_loadings)
     state.module_results[:0] = results  # before the GPU phase's own, loaded meanwhile
     for result in results:
         if result.how == "failed":
@@ -282,6 +314,7 @@ def ready_message(state: BootState) -> dict[str, str]:
 def boot(state: BootState) -> None:
     """The whole sequence; PID 1 then supervises until shutdown. A shutdown request during
     boot (signal, power button) ends it early, without READY."""
+    take_head_start(state)
     early(state)
     start_modules(state)
     read_exec_time(state)

@@ -20,9 +20,14 @@ def main(argv: list[str] | None = None, start_s: float | None = None) -> int:
     if start_s is None:
         start_s = time.clock_gettime(time.CLOCK_BOOTTIME)
     if os.getpid() == 1:
+        # mount and start the drivers' loads first: the kernel links them while we import
+        from guestinit.init import headstart
+        from guestinit.init.root import Root
+
+        head = headstart.begin(Root("/"))
         from guestinit.init.pid1 import run_as_pid1
 
-        run_as_pid1(None, start_s)  # exec time is read from /proc once it is mounted
+        run_as_pid1(None, start_s, head)  # exec time is read from /proc once it is mounted
         return 0  # not reached
     return tool(sys.argv[1:] if argv is None else argv)
 

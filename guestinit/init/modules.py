@@ -258,6 +258,7 @@ class Loading:
         self._lock = allocate_lock()
         self._finished = allocate_lock()
         self._finished.acquire()  # released once every module has a result
+        self.finished_s: float | None = None  # when the last one had its result
         with self._lock:
             self._launch()
 
@@ -280,6 +281,7 @@ class Loading:
             except RuntimeError as exc:  # no thread to be had: load it here instead
                 self._results[name] = self._load(name, f"no thread ({exc})")
         if len(self._results) == len(self.order) and self._finished.locked():
+            self.finished_s = boottime()
             self._finished.release()
 
     def _load(self, name: str, why: str = "") -> LoadResult:

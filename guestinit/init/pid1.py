@@ -21,6 +21,7 @@ from guestinit.init import mounts, syscalls
 from guestinit.init.boot import BootState, boot, choose_target
 from guestinit.init.boot import degraded as boot_degraded
 from guestinit.init.cmodules import signal, signal_name
+from guestinit.init.headstart import HeadStart
 from guestinit.init.kmsg import Log
 from guestinit.init.loop import SignalFd
 from guestinit.init.reaper import Reaper
@@ -239,16 +240,18 @@ class Init:
         power_off(state.root, log, state.reaper)
 
 
-def run_as_pid1(exec_s: float | None, start_s: float) -> None:
+def run_as_pid1(exec_s: float | None, start_s: float, head: HeadStart | None = None) -> None:
     """Entry point when the kernel runs us as /init. Never returns."""
-    run(Root("/"), Log("/dev/kmsg"), exec_s, start_s)
+    run(Root("/"), Log("/dev/kmsg"), exec_s, start_s, head)
 
 
-def run(root: Root, log: Log, exec_s: float | None, start_s: float) -> None:
+def run(root: Root, log: Log, exec_s: float | None, start_s: float, head: HeadStart | None = None) -> None:
     """Boot, supervise, shut down or fail closed. As the real PID 1 this never returns; on any
-    other root (tests) it returns once the power-off step is reached."""
+    other root (tests) it returns once the power-off step is reached. ``head``: what
+    headstart.begin() did before the boot path was imported."""
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     state = BootState(root, log, exec_s, start_s)
+    state.head = head
     init = Init(state)
     try:
         if root.is_real and os.getpid() == 1:
