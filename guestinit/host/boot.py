@@ -78,6 +78,12 @@ def kernel_died_early(result: BootResult) -> str | None:
         text = Path(result.console_log).read_text(errors="replace")
     except OSError:
         return None
+    return kernel_death(text)
+
+
+def kernel_death(text: str) -> str | None:
+    """The kernel's own death in a console log (its first Oops, BUG or panic line), or None;
+    init dying ("Attempted to kill init") is not the kernel's."""
     if "Kernel panic" not in text or "Attempted to kill init" in text:
         return None
     for line in text.splitlines():

@@ -60,17 +60,21 @@ def default_image(root: Path | None = None) -> Path:
     return folder / DEFAULT_IMAGE.name
 
 
+def stem(image: Path) -> str:
+    """The image's name without its kind's suffix: the name of the files beside it (.vmlinuz, .kver)."""
+    name = image.name
+    for suffix in INITRD_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def resolve_kernel(image: Path, kernel: Path | None) -> Path:
     if kernel is not None:
         if not kernel.is_file():
             raise UserError(f"kernel {kernel} not found", hint="pass an existing --kernel file")
         return kernel
-    name = image.name
-    for suffix in INITRD_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    candidate = image.with_name(name + ".vmlinuz")
+    candidate = image.with_name(stem(image) + ".vmlinuz")
     if not candidate.is_file():
         raise UserError(f"no kernel beside {image} (looked for {candidate.name})", hint="pass --kernel")
     return candidate

@@ -36,7 +36,15 @@ def test_tiny_bench_reports_every_phase_for_guestinit_and_the_floor(
             assert run["metrics"][key] > 0, (image["name"], key)
     guestinit = report["images"][0]["runs"][0]
     names = [p["name"] for p in guestinit["phases"]]
-    assert names[:5] == ["mounts", "cmdline", "modules", "topology", "notify"]
+    assert names[:7] == [
+        "early mounts",
+        "imports (rest)",
+        "kmsg, lo",
+        "cmdline",
+        "modules",
+        "topology",
+        "notify",
+    ]
     assert report["ratios"]["guestinit/busybox"]["ready_uptime_s"] > 0
     assert report["goals"][0]["name"] == "guestinit/floor"
     table = capsys.readouterr().out

@@ -235,7 +235,7 @@ def test_ready_and_shutdown_on_console_from_cmdline_credential(kata_image: Path,
     assert received[-1][1].get("X_SYSTEMD_SHUTDOWN") == "poweroff", received
     assert result.shutdown_s is not None
     events = [str(row["event"]) for row in timeline(result)]
-    for event in ("vm start", "kernel start (est.)", "guestinit start", "phase mounts", "READY sent"):
+    for event in ("vm start", "kernel start (est.)", "guestinit start", "phase early mounts", "READY sent"):
         assert event in events
     assert "received READY,STATUS" in events
     assert any(e.startswith("received X_SYSTEMD_SHUTDOWN") for e in events)

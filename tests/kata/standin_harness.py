@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from guestinit.host import qemu
-from guestinit.host.boot import DEFAULT_APPEND
+from guestinit.host.boot import DEFAULT_APPEND, kernel_death
 from guestinit.host.listen.listener import Listener
 from guestinit.host.media import combine_initrd, resolve_kernel
 
@@ -143,7 +143,8 @@ class Vm:
         self.work = work
         self.console_log = work / "console.log"
         self.messages: list[dict[str, str]] = []
-        cfg = qemu.QemuConfig(
+        self.retries = 1  # a kernel that dies before init (a TCG rarity) is booted again, as boot() does
+        self.cfg = qemu.QemuConfig(
             kernel=resolve_kernel(image, None),
             initrd=combine_initrd(image, extras, work / "initrd.img"),
             append=f"{DEFAULT_APPEND} {qemu.notify_append('serial')} {append}",
@@ -154,8 +155,24 @@ class Vm:
             console_log=self.console_log,
             binary=qemu.find_qemu(),
         )
-        self.listener = Listener([f"serial:{work / 'n.sock'}"]).start()
-        self.proc = subprocess.Popen(qemu.qemu_argv(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self._start()
+
+    def _start(self) -> None:
+        self.listener = Listener([f"serial:{self.work / 'n.sock'}"]).start()
+        argv = qemu.qemu_argv(self.cfg)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def _retry_a_dead_kernel(self) -> None:
+        if self.retries <= 0 or self.messages or self.proc.poll() is None:
+            return
+        why = kernel_death(self.console())
+        if why is None:
+            return
+        self.retries -= 1
+        self.listener.close()
+        self.console_log.rename(self.work / f"console-died-{self.retries}.log")
+        print(f"the kernel died before init ({why}): booting again", flush=True)
+        self._start()
 
     def until(self, done: Callable[[], object], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -163,6 +180,7 @@ class Vm:
             msg = self.listener.get(timeout=0.1)
             if msg is not None:
                 self.messages.append(msg.fields)
+            self._retry_a_dead_kernel()
             if done():
                 return True
         return False

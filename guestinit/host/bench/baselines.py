@@ -198,6 +198,7 @@ def systemd_baseline(rebuild: bool = False, log: TextIO = sys.stderr) -> Path:
 
 def kernel_version_of(image: Path) -> str:
     """The kernel version an mkosi image's modules were built for ('' when unknown)."""
-    name = image.name.removesuffix(".zst").removesuffix(".cpio")
-    kver = image.with_name(f"{name}.kver")
+    from guestinit.host.media import stem
+
+    kver = image.with_name(f"{stem(image)}.kver")
     return kver.read_text().strip() if kver.is_file() else ""
