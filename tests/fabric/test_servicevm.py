@@ -152,6 +152,24 @@ def servicevm_image() -> Path:
 
 
 @pytest.mark.boot
+def test_image_runs_compiled_init_with_its_toml_files_parsed_ahead(servicevm_image: Path) -> None:
+    """As the Kata image: /init runs init.py's compiled form (a script given as source is compiled
+    on every boot), and the TOML files the boot reads are cached parsed (no tomllib at boot)."""
+    import json
+
+    from guestinit.host.build import newc
+
+    members = {e.name: e for e in newc.read_file(servicevm_image)}
+    site = "/usr/lib/python3/dist-packages/guestinit/init"
+    assert members["init"].data.decode() == f"#!/usr/bin/env -S /usr/bin/python3 -IS {site}/init.pyc\n"
+    assert f"{site}/init.pyc".lstrip("/") in members and "usr/bin/env" in members
+    cache = json.loads(members["etc/guestinit/toml-cache.json"].data)
+    for name in ("guestinit.toml", "services.d/fm-controller.toml", "services.d/fabricmanager.toml"):
+        path = f"/etc/guestinit/{name}"
+        assert cache[path]["text"] == members[path.lstrip("/")].data.decode(), path
+
+
+@pytest.mark.boot
 def test_image_runtime_runs_fm_controller(
     servicevm_image: Path, fakes: tuple[Path, Path], tmp_path: Path
 ) -> None:
