@@ -47,7 +47,7 @@ class BootState(Context):
         self.sender: Sender | None = None
         self.module_results: list[modules.LoadResult] = []
         self.head: HeadStart | None = None  # what PID 1 did before importing the boot path
-        self.module_loading: modules.Loading | None = None  # from start_modules to finish_modules
+        self.module_tree: modules.ModuleTree | None = None  # the base loads', shared with the GPU phase
         self.module_loadings: list[modules.Loading] = []  # the head start's, then start_modules'
         self.module_phase: Phase | None = None
         self.gpu: gpu.GpuState | None = None
@@ -121,7 +121,7 @@ def take_head_start(state: BootState) -> None:
     head = state.head
     if head is None:
         return
-    state.timeline.phases.extend(p for p in head.phases if p.name != "modules")
+    state.timeline.phases.extend(head.phases)
     imports = Phase("imports (rest)", head.end_s)
     imports.end_s = boottime()
     state.timeline.phases.append(imports)
@@ -138,12 +138,13 @@ def start_modules(state: BootState) -> None:
     with the GPU phase."""
     head = state.head
     tree = head.tree if head is not None and head.tree is not None else modules.ModuleTree(state.root)
+    state.module_tree = tree
     devices = coldplug.Devices(state.root)
     wanted = [*coldplug.wanted(devices, bool(state.config.text("notify"))), *state.config.strings("modules")]
     present = [m for m in wanted if tree.resolve(m) is not None]
     if head is not None and head.loading is not None:
         state.module_loadings.append(head.loading)
-        state.module_phase = next(p for p in head.phases if p.name == "modules")
+        state.module_phase = head.module_phase
         present = [m for m in present if m not in head.started]
         if present:  # they may share dependencies with the loads under way: after those
             head.loading.wait()
@@ -152,7 +153,6 @@ def start_modules(state: BootState) -> None:
     state.timeline.phases.append(state.module_phase)
     if present or not state.module_loadings:
         state.module_loadings.append(modules.Loading(tree, present))
-    state.module_loading = state.module_loadings[-1]
 
 
 def read_exec_time(state: BootState) -> None:
@@ -182,8 +182,7 @@ def finish_modules(state: BootState) -> None:
 
 def bring_up_gpus(state: BootState) -> None:
     """Topology, BAR / hugepage tuning, the NVIDIA modules and nodes, the GPU services (gpu/)."""
-    loading = state.module_loading
-    state.gpu = gpu.bring_up(state, loading.tree if loading is not None else None)
+    state.gpu = gpu.bring_up(state, state.module_tree)
     if state.gpu is not None:
         state.module_results.extend(state.gpu.module_results)
 

@@ -23,7 +23,8 @@ class HeadStart:
     """What begin() did: its phases, the module loads under way, or the error that stopped it."""
 
     def __init__(self) -> None:
-        self.phases: list[Phase] = []
+        self.phases: list[Phase] = []  # for the timeline as they are
+        self.module_phase: Phase | None = None  # the boot's modules phase, from its first load
         self.tree: modules.ModuleTree | None = None
         self.loading: modules.Loading | None = None
         self.error: BaseException | None = None
@@ -49,7 +50,7 @@ def begin(root: Root) -> HeadStart:
         head.tree = modules.ModuleTree(root)
         names = [m for m in coldplug.wanted(coldplug.Devices(root), True) if head.tree.resolve(m) is not None]
         if names:
-            head.phases.append(Phase("modules", boottime()))
+            head.module_phase = Phase("modules", boottime())
             # The loads' threads take no signal: PID 1 reads its own from a signalfd once
             # pid1.run() has blocked them, and one taken by such a thread first would be lost.
             old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
