@@ -75,17 +75,27 @@ def _vsock_kinds(kind: str) -> tuple[int, ...]:
     return (socket.SOCK_STREAM,)
 
 
+_last_port = [PRIVILEGED_PORT + 1]  # the port the last connection was bound to
+
+
 def _bind_privileged_port(s: socket.socket) -> None:
-    """Bind the highest free port under 1024, as systemd's senders do: only root in the guest
-    may, so the host can tell a message from PID 1 from one of an unprivileged process. Best
-    effort: without it the kernel picks a port at connect()."""
-    for port in range(PRIVILEGED_PORT, 0, -1):
+    """Bind a free port under 1024, as systemd's senders do: only root in the guest may, so the
+    host can tell a message from PID 1 from one of an unprivileged process. Best effort: without
+    it the kernel picks a port at connect().
+
+    Each connection takes the next port down (from 1023, round again below 1): the listener's
+    end of the last connection can outlive ours for a moment, and a new connection from the same
+    port is then reset at connect() (seen on vsock loopback, one message in ten)."""
+    for step in range(1, PRIVILEGED_PORT + 1):
+        port = (_last_port[0] - step - 1) % PRIVILEGED_PORT + 1
         try:
             s.bind((socket.VMADDR_CID_ANY, port))
-            return
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 return
+            continue
+        _last_port[0] = port
+        return
 
 
 def send_connected(s: socket.socket, address: tuple[int, int] | str, data: bytes, records: bool) -> None:

@@ -262,6 +262,7 @@ def test_vsock_address_read_as_systemd_reads_it(monkeypatch: pytest.MonkeyPatch)
 
     fake = _FakeVsock(listening=socket.SOCK_SEQPACKET, busy_ports=2)
     monkeypatch.setattr(report, "socket", fake)
+    monkeypatch.setattr(report, "_last_port", [report.PRIVILEGED_PORT + 1])  # a first message
     report._send_vsock(Target("vsock", cid=2, port=8888), b"READY=1\n", 0.5)
     assert fake.calls == [
         ("socket", socket.SOCK_DGRAM, "ENODEV"),
@@ -272,6 +273,23 @@ def test_vsock_address_read_as_systemd_reads_it(monkeypatch: pytest.MonkeyPatch)
         ("shutdown", socket.SHUT_WR),
         ("recv", 1),
     ]
+
+
+def test_each_vsock_connection_comes_from_the_next_privileged_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listener's end of the last connection can outlive the sender's for a moment; a new
+    connection from the same port is then reset at connect(), so consecutive messages take
+    consecutive ports downwards, round again below 1."""
+    from guestinit.init import report
+
+    fake = _FakeVsock(listening=socket.SOCK_STREAM)
+    monkeypatch.setattr(report, "socket", fake)
+    monkeypatch.setattr(report, "_last_port", [report.PRIVILEGED_PORT + 1])
+    for _ in range(3):
+        report._send_vsock(Target("vsock-stream", cid=2, port=8888), b"READY=1\n", 0.5)
+    assert [c[1] for c in fake.calls if c[0] == "bind"] == [1023, 1022, 1021]
+    monkeypatch.setattr(report, "_last_port", [1])
+    report._send_vsock(Target("vsock-stream", cid=2, port=8888), b"READY=1\n", 0.5)
+    assert [c[1] for c in fake.calls if c[0] == "bind"][-1] == 1023
 
 
 def test_vsock_address_falls_back_to_a_stream_listener(monkeypatch: pytest.MonkeyPatch) -> None:
