@@ -213,11 +213,12 @@ def load(
     names: list[str] | tuple[str, ...],
     params: dict[str, str] | None = None,
     parallel: bool = False,
+    workers: int | None = None,
 ) -> list[LoadResult]:
     """Load names and their dependencies in order; a failed dependency fails its dependents.
     With ``parallel``, see :class:`Loading`. Results come back in load order either way."""
     if parallel:
-        return Loading(tree, names, params).wait()
+        return Loading(tree, names, params, workers).wait()
     params = params or {}
     results: dict[str, LoadResult] = {}
     for name in tree.order(names):
@@ -237,21 +238,41 @@ def _failed_dependency(tree: ModuleTree, name: str, results: dict[str, LoadResul
     return ""
 
 
+def spare_cpus() -> int:
+    """CPUs this process may run on, less the one the init keeps for itself; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)) - 1)
+    except OSError:
+        return 1
+
+
 class Loading:
     """Module loads under way in the background, started by the constructor, collected by
     :meth:`wait`. Each module starts in a thread of its own as soon as the modules it depends
     on are in (finit_module releases the GIL, and the kernel links independent modules on
     other CPUs meanwhile); a failed dependency fails its dependents without a load.
 
+    At most ``workers`` loads run at once, by default one per CPU beyond the one the init
+    keeps (spare_cpus()): a load is kernel work on whichever CPU its thread runs (tens of
+    milliseconds each under TCG: relocation, the module's init), and on a 2-vCPU guest three
+    at once took the CPU the init's own imports needed: one at a time there, the imports that
+    run beside them took 0.088 s instead of 0.123 s (TCG, medians of 9 boots).
+
     Threads come from ``_thread``: ``threading`` costs 13 ms of a TCG boot to import.
     """
 
     def __init__(
-        self, tree: ModuleTree, names: list[str] | tuple[str, ...], params: dict[str, str] | None = None
+        self,
+        tree: ModuleTree,
+        names: list[str] | tuple[str, ...],
+        params: dict[str, str] | None = None,
+        workers: int | None = None,
     ) -> None:
         self.tree = tree
         self.params = params or {}
         self.order = tree.order(names)
+        self.workers = max(1, workers if workers is not None else spare_cpus())
+        self._running = 0
         self._members = set(self.order)
         self._results: dict[str, LoadResult] = {}
         self._started: set[str] = set()
@@ -271,14 +292,19 @@ class Loading:
             deps = [d for d in self.tree.deps.get(name, []) if d in self._members]
             if any(d not in self._results for d in deps):
                 continue
-            self._started.add(name)
             broken = _failed_dependency(self.tree, name, self._results)
             if broken:
+                self._started.add(name)
                 self._results[name] = LoadResult(name, "failed", 0.0, f"dependency {broken} failed")
                 continue
+            if self._running >= self.workers:
+                continue  # a failed dependency further on is still recorded in this pass
+            self._started.add(name)
+            self._running += 1
             try:
                 start_new_thread(self._run, (name,))
             except RuntimeError as exc:  # no thread to be had: load it here instead
+                self._running -= 1
                 self._results[name] = self._load(name, f"no thread ({exc})")
         if len(self._results) == len(self.order) and self._finished.locked():
             self.finished_s = boottime()
@@ -294,6 +320,7 @@ class Loading:
         result = self._load(name)
         with self._lock:
             self._results[name] = result
+            self._running -= 1
             self._launch()
 
     @property

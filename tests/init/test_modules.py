@@ -116,7 +116,7 @@ def test_parallel_load_overlaps_independent_modules_and_keeps_dependency_order(
             spans[name] = (start, time.monotonic())
 
     monkeypatch.setattr(modules.syscalls, "finit_module", fake_finit)
-    results = modules.load(tree, ["vmw_vsock_virtio_transport", "nvidia-uvm"], parallel=True)
+    results = modules.load(tree, ["vmw_vsock_virtio_transport", "nvidia-uvm"], parallel=True, workers=2)
     assert [r.name for r in results] == tree.order(["vmw_vsock_virtio_transport", "nvidia-uvm"])
     assert all(r.how == "finit" for r in results)
     # same level: they ran at the same time; a dependent started after its dependency ended
@@ -124,6 +124,51 @@ def test_parallel_load_overlaps_independent_modules_and_keeps_dependency_order(
     assert spans["vmw_vsock_virtio_transport_common"][0] >= spans["vsock"][1]
     assert spans["nvidia_uvm"][0] >= spans["nvidia"][1]
     assert spans["vmw_vsock_virtio_transport"][0] >= spans["vmw_vsock_virtio_transport_common"][1]
+
+
+def test_no_more_loads_at_once_than_workers(
+    tree: modules.ModuleTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    _fake_modules(tree)
+    running: list[int] = [0]
+    most: list[int] = [0]
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def fake_finit(fd: int, params: str = "", flags: int = 0) -> None:
+        name = modules.module_name(os.readlink(f"/proc/self/fd/{fd}"))
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            order.append(name)
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(modules.syscalls, "finit_module", fake_finit)
+    names = ["vmw_vsock_virtio_transport", "nvidia-uvm"]
+    results = modules.Loading(tree, names, workers=1).wait()
+    assert [r.name for r in results] == tree.order(names) and all(r.how == "finit" for r in results)
+    assert most[0] == 1
+    # one at a time, each still after its own dependencies
+    for dependent, dependency in (("nvidia_uvm", "nvidia"), ("vmw_vsock_virtio_transport_common", "vsock")):
+        assert order.index(dependency) < order.index(dependent)
+
+
+def test_workers_default_to_the_cpus_beyond_the_inits_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(modules.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert modules.spare_cpus() == 3
+    monkeypatch.setattr(modules.os, "sched_getaffinity", lambda pid: {0})
+    assert modules.spare_cpus() == 1  # one CPU: the loads still go on beside the init
+
+    def refused(pid: int) -> set[int]:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(modules.os, "sched_getaffinity", refused)
+    assert modules.spare_cpus() == 1
 
 
 def _fake_modules(tree: modules.ModuleTree) -> None:
@@ -152,7 +197,7 @@ def test_a_dependent_starts_when_its_own_dependencies_are_in_not_a_whole_level(
             spans[name] = (start, time.monotonic())
 
     monkeypatch.setattr(modules.syscalls, "finit_module", fake_finit)
-    loading = modules.Loading(tree, ["vmw_vsock_virtio_transport", "nvidia"])
+    loading = modules.Loading(tree, ["vmw_vsock_virtio_transport", "nvidia"], workers=2)
     results = loading.wait()
     assert loading.done and all(r.how == "finit" for r in results)
     # the vsock chain went on while nvidia (same level as vsock) was still loading
