@@ -36,6 +36,8 @@ from guestinit.init.services.supervisor import Supervisor
 from guestinit.notify import credentials, jsonenc
 from guestinit.notify.address import AddressError, Target, parse_target
 
+EXEC_LOG_TAIL = 16384  # what boot logs after the kernel ran init, many times over
+
 
 class BootState(Context):
     """What boot found and did: the input to the readiness message and to supervision."""
@@ -158,11 +160,16 @@ def start_modules(state: BootState) -> None:
 def read_exec_time(state: BootState) -> None:
     """When the kernel ran init, from its log: the start of "init exec to READY"."""
     if state.exec_s is None and state.root.is_real:
-        # "Run /init as init process" from an initrd, "Run /sbin/init ..." from a root disk;
-        # the whole log in one syslog(2) call, else record by record from /dev/kmsg
-        state.exec_s = log_text_stamp(" as init process", syscalls.kernel_log())
+        # "Run /init as init process" from an initrd, "Run /sbin/init ..." from a root disk:
+        # the kernel's last line before init, so first in the log's newest records (the whole
+        # buffer is 256 KiB or more to copy and search), then the whole log in one syslog(2)
+        # call, else record by record from /dev/kmsg
+        marker = " as init process"
+        state.exec_s = log_text_stamp(marker, syscalls.kernel_log(tail=EXEC_LOG_TAIL))
         if state.exec_s is None:
-            state.exec_s = kernel_log_stamp(" as init process", state.root("/dev/kmsg"))
+            state.exec_s = log_text_stamp(marker, syscalls.kernel_log())
+        if state.exec_s is None:
+            state.exec_s = kernel_log_stamp(marker, state.root("/dev/kmsg"))
 
 
 def finish_modules(state: BootState) -> None:

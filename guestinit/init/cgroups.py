@@ -38,7 +38,9 @@ CONTROLLERS = ("cpu", "memory", "pids")
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="ascii", errors="replace") as f:
+    # utf-8, not ascii: the same for these files, and the codec the interpreter has already
+    # (an ascii text file imports encodings.ascii on the boot path)
+    with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
 
 

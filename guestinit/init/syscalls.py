@@ -65,13 +65,17 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
     _check(result, "finit_module")
 
 
-def kernel_log() -> bytes:
+def kernel_log(tail: int = 0) -> bytes:
     """The kernel's log buffer as text, one line per record ("<6>[    2.201000] Run /init ..."),
     in one syslog(2) call (SYSLOG_ACTION_READ_ALL: nothing is consumed); b"" when refused.
-    /dev/kmsg gives one record per read(2): hundreds of system calls for a boot's log."""
+    /dev/kmsg gives one record per read(2): hundreds of system calls for a boot's log.
+    With ``tail``, only the newest records that fit in that many bytes (the kernel leaves out
+    the oldest ones that do not)."""
     size = libc().klogctl(SYSLOG_ACTION_SIZE_BUFFER, None, 0)
     if size <= 0:
         return b""
+    if tail > 0:
+        size = min(size, tail)
     buf = ctypes.create_string_buffer(size)
     length = libc().klogctl(SYSLOG_ACTION_READ_ALL, buf, size)
     return buf.raw[:length] if length > 0 else b""

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from guestinit.init.clock import Timeline, kernel_log_stamp, log_text_stamp
 
 
@@ -47,3 +49,41 @@ def test_timeline_records_errors() -> None:
     assert [p["name"] for p in phases] == ["a", "b"]
     assert phases[1]["error"] == "RuntimeError: boom"
     assert float(str(phases[0]["end_s"])) >= float(str(phases[0]["start_s"]))
+
+
+def test_exec_time_from_the_logs_newest_records_then_from_the_whole_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from guestinit.init import boot
+    from guestinit.init.root import Root
+
+    whole = b"<6>[    2.201000] Run /init as init process\n" + b"<6>[    2.3] later\n" * 400
+    asked: list[int] = []
+
+    def kernel_log(tail: int = 0) -> bytes:
+        asked.append(tail)
+        return whole[-tail:] if tail else whole
+
+    monkeypatch.setattr(boot.syscalls, "kernel_log", kernel_log)
+    state = SimpleNamespace(exec_s=None, root=Root("/"))
+    boot.read_exec_time(state)  # type: ignore[arg-type]
+    assert state.exec_s == 2.201 and asked == [boot.EXEC_LOG_TAIL]  # found in the newest records
+
+    whole = b"<6>[    2.201000] Run /init as init process\n" + b"<6>[    2.3] later\n" * 2000
+    asked.clear()
+    state.exec_s = None
+    boot.read_exec_time(state)  # type: ignore[arg-type]
+    assert state.exec_s == 2.201 and asked == [boot.EXEC_LOG_TAIL, 0]  # pushed out of them: the whole log
+
+
+def test_kernel_log_tail_is_at_most_what_was_asked() -> None:
+    from guestinit.init import syscalls
+
+    whole = syscalls.kernel_log()
+    if not whole:
+        pytest.skip("this machine's kernel log cannot be read (dmesg_restrict, no CAP_SYSLOG)")
+    tail = syscalls.kernel_log(tail=4096)
+    assert 0 < len(tail) <= 4096
+    assert whole.endswith(tail.splitlines(keepends=True)[-1])  # the newest record is in it
