@@ -76,6 +76,7 @@ def _vsock_kinds(kind: str) -> tuple[int, ...]:
 
 
 _last_port = [PRIVILEGED_PORT + 1]  # the port the last connection was bound to
+CONNECT_ATTEMPTS = 2  # per socket type, each from the next port, while connect() is reset
 
 
 def _bind_privileged_port(s: socket.socket) -> None:
@@ -99,11 +100,16 @@ def _bind_privileged_port(s: socket.socket) -> None:
 
 
 def send_connected(s: socket.socket, address: tuple[int, int] | str, data: bytes, records: bool) -> None:
-    """Connect ``s``, send one message and end it, as sd_notify does on AF_VSOCK. On a seqpacket
-    socket (``records``) the message is one record, sent whole or not at all; after SHUT_WR the
-    sender waits (up to the socket's timeout) for the listener to close, which it does once it
-    has read the record. A listener that does not close costs that wait, never a second copy."""
+    """Connect ``s``, send one message and end it, as sd_notify does on AF_VSOCK (send_message)."""
     s.connect(address)
+    send_message(s, data, records)
+
+
+def send_message(s: socket.socket, data: bytes, records: bool) -> None:
+    """Send one message on the connected ``s`` and end it. On a seqpacket socket (``records``)
+    the message is one record, sent whole or not at all; after SHUT_WR the sender waits (up to
+    the socket's timeout) for the listener to close, which it does once it has read the record.
+    A listener that does not close costs that wait, never a second copy."""
     if records:
         sent = s.send(data)
         if sent != len(data):
@@ -121,23 +127,34 @@ def send_connected(s: socket.socket, address: tuple[int, int] | str, data: bytes
 def _send_vsock(target: Target, data: bytes, timeout_s: float) -> None:
     last: OSError | None = None
     for kind in _vsock_kinds(target.kind):
-        try:
-            s = socket.socket(socket.AF_VSOCK, kind)
-        except OSError as exc:  # ENODEV: no transport for this type (virtio-vsock: datagrams)
-            last = exc
-            continue
-        try:
-            s.settimeout(timeout_s)
-            if kind == socket.SOCK_DGRAM:
-                s.sendto(data, (target.cid, target.port))
+        for _attempt in range(1 if kind == socket.SOCK_DGRAM else CONNECT_ATTEMPTS):
+            try:
+                s = socket.socket(socket.AF_VSOCK, kind)
+            except OSError as exc:  # ENODEV: no transport for this type (virtio-vsock: datagrams)
+                last = exc
+                break
+            try:
+                s.settimeout(timeout_s)
+                if kind == socket.SOCK_DGRAM:
+                    s.sendto(data, (target.cid, target.port))
+                    return
+                _bind_privileged_port(s)
+                try:
+                    s.connect((target.cid, target.port))
+                except ConnectionResetError as exc:
+                    # Nothing was sent. Either the listener still holds a connection from this
+                    # port (its end of an earlier one, another process's maybe: each process
+                    # counts its own ports down from 1023), and the next port goes through; or
+                    # it listens with another socket type, and the next type is tried after.
+                    last = exc
+                    continue
+                send_message(s, data, kind == socket.SOCK_SEQPACKET)
                 return
-            _bind_privileged_port(s)
-            send_connected(s, (target.cid, target.port), data, kind == socket.SOCK_SEQPACKET)
-            return
-        except OSError as exc:
-            last = exc
-        finally:
-            s.close()
+            except OSError as exc:
+                last = exc
+                break
+            finally:
+                s.close()
     raise SendError(f"{target}: {last}")
 
 

@@ -200,10 +200,13 @@ class _FakeVsock:
     without one), and a host that listens with the socket type ``listening`` only (a connection
     of another type is reset, as virtio-vsock does). Records every call."""
 
-    def __init__(self, listening: int, busy_ports: int = 0, bind_errno: int = 0) -> None:
+    def __init__(
+        self, listening: int, busy_ports: int = 0, bind_errno: int = 0, lingering: tuple[int, ...] = ()
+    ) -> None:
         self.listening = listening
         self.busy_ports = busy_ports  # the first N privileged ports are taken
         self.bind_errno = bind_errno
+        self.lingering = lingering  # the listener still holds a connection from these ports
         self.calls: list[tuple[object, ...]] = []
         for name in ("AF_VSOCK", "SOCK_STREAM", "SOCK_SEQPACKET", "SOCK_DGRAM", "SHUT_WR", "VMADDR_CID_ANY"):
             setattr(self, name, getattr(socket, name))
@@ -220,6 +223,7 @@ class _FakeVsockSocket:
     def __init__(self, module: _FakeVsock, kind: int) -> None:
         self.module = module
         self.kind = kind
+        self.port = 0
 
     def settimeout(self, timeout: float) -> None:
         pass
@@ -230,9 +234,10 @@ class _FakeVsockSocket:
         if address[1] > 1023 - self.module.busy_ports:
             raise OSError(errno.EADDRINUSE, "in use")
         self.module.calls.append(("bind", address[1]))
+        self.port = address[1]
 
     def connect(self, address: tuple[int, int]) -> None:
-        if self.kind != self.module.listening:
+        if self.kind != self.module.listening or self.port in self.module.lingering:
             self.module.calls.append(("connect", self.kind, "ECONNRESET"))
             raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
         self.module.calls.append(("connect", self.kind))
@@ -314,4 +319,32 @@ def test_vsock_seqpacket_address_uses_seqpacket_only(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(report, "socket", fake)
     with pytest.raises(report.SendError, match="reset"):
         report._send_vsock(Target("vsock-seqpacket", cid=2, port=8888), b"READY=1\n", 0.5)
-    assert [c[:2] for c in fake.calls if c[0] == "socket"] == [("socket", socket.SOCK_SEQPACKET)]
+    sockets = [c[:2] for c in fake.calls if c[0] == "socket"]
+    assert sockets == [("socket", socket.SOCK_SEQPACKET)] * report.CONNECT_ATTEMPTS
+
+
+def test_a_connection_reset_at_connect_goes_again_from_the_next_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's sender (each counts down from 1023) used this port a moment ago and the
+    listener still holds its end: connect() is reset and nothing was sent, so the message goes
+    again from the next port, once."""
+    from guestinit.init import report
+
+    fake = _FakeVsock(listening=socket.SOCK_STREAM, lingering=(1023,))
+    monkeypatch.setattr(report, "socket", fake)
+    monkeypatch.setattr(report, "_last_port", [report.PRIVILEGED_PORT + 1])
+    report._send_vsock(Target("vsock-stream", cid=2, port=8888), b"READY=1\n", 0.5)
+    assert fake.calls == [
+        ("socket", socket.SOCK_STREAM),
+        ("bind", 1023),
+        ("connect", socket.SOCK_STREAM, "ECONNRESET"),
+        ("socket", socket.SOCK_STREAM),
+        ("bind", 1022),
+        ("connect", socket.SOCK_STREAM),
+        ("sendall", b"READY=1\n"),
+        ("shutdown", socket.SHUT_WR),
+    ]
+    fake = _FakeVsock(listening=socket.SOCK_STREAM, lingering=(1021, 1020))  # twice: given up
+    monkeypatch.setattr(report, "socket", fake)
+    with pytest.raises(report.SendError, match="reset"):
+        report._send_vsock(Target("vsock-stream", cid=2, port=8888), b"READY=1\n", 0.5)
+    assert not any(c[0] == "sendall" for c in fake.calls)
