@@ -161,9 +161,9 @@ def read_exec_time(state: BootState) -> None:
     """When the kernel ran init, from its log: the start of "init exec to READY"."""
     if state.exec_s is None and state.root.is_real:
         # "Run /init as init process" from an initrd, "Run /sbin/init ..." from a root disk:
-        # the kernel's last line before init, so first in the log's newest records (the whole
-        # buffer is 256 KiB or more to copy and search), then the whole log in one syslog(2)
-        # call, else record by record from /dev/kmsg
+        # the kernel's last line before init, so first in the log's newest records (not a
+        # buffer of the log's whole size, 256 KiB or more, to fill and search), then the whole
+        # log in one syslog(2) call, else record by record from /dev/kmsg
         marker = " as init process"
         state.exec_s = log_text_stamp(marker, syscalls.kernel_log(tail=EXEC_LOG_TAIL))
         if state.exec_s is None:

@@ -29,7 +29,7 @@ TYPE_CHECKING = False  # threading is imported with the first retry thread; mypy
 if TYPE_CHECKING:
     import threading
 
-__all__ = ["CONSOLE_MARK", "SERIAL_PORT_NAME", "SendError", "Sender", "find_virtio_port", "send_connected"]
+__all__ = ["CONSOLE_MARK", "SERIAL_PORT_NAME", "SendError", "Sender", "find_virtio_port", "send_message"]
 
 SERIAL_PORT_NAME = "guestinit.notify"
 INLINE_TIMEOUT_S = 0.5  # the attempt made on the boot path
@@ -99,17 +99,12 @@ def _bind_privileged_port(s: socket.socket) -> None:
         return
 
 
-def send_connected(s: socket.socket, address: tuple[int, int] | str, data: bytes, records: bool) -> None:
-    """Connect ``s``, send one message and end it, as sd_notify does on AF_VSOCK (send_message)."""
-    s.connect(address)
-    send_message(s, data, records)
-
-
 def send_message(s: socket.socket, data: bytes, records: bool) -> None:
-    """Send one message on the connected ``s`` and end it. On a seqpacket socket (``records``)
-    the message is one record, sent whole or not at all; after SHUT_WR the sender waits (up to
-    the socket's timeout) for the listener to close, which it does once it has read the record.
-    A listener that does not close costs that wait, never a second copy."""
+    """Send one message on the connected ``s`` and end it, as sd_notify does on AF_VSOCK. On a
+    seqpacket socket (``records``) the message is one record, sent whole or not at all; after
+    SHUT_WR the sender waits (up to the socket's timeout) for the listener to close, which it
+    does once it has read the record. A listener that does not close costs that wait, never a
+    second copy."""
     if records:
         sent = s.send(data)
         if sent != len(data):

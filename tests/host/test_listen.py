@@ -418,16 +418,15 @@ def test_guest_sender_ends_its_connection_as_systemd_does(seqpacket_path: Path, 
     """guestinit's connection send (what it does on AF_VSOCK after connecting) against the
     listener: a seqpacket message is one record and the sender returns once the listener has
     closed; a stream message is read to its end."""
-    from guestinit.init.report import send_connected
+    from guestinit.init.report import send_message
 
     kind = socket.SOCK_SEQPACKET if records else socket.SOCK_STREAM
     stream_path = seqpacket_path.with_name("stream.sock")
     with Listener(["vsock-seqpacket:7777", f"unix:{stream_path}"]) as listener:
         with socket.socket(socket.AF_UNIX, kind) as s:
             s.settimeout(5)
-            send_connected(
-                s, str(seqpacket_path if records else stream_path), encode({"READY": "1"}), records
-            )
+            s.connect(str(seqpacket_path if records else stream_path))
+            send_message(s, encode({"READY": "1"}), records)
             if records:  # it returned after the listener closed, which it does after queueing
                 assert listener.messages.qsize() == 1
         msg = listener.get(timeout=2)
