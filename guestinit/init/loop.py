@@ -8,7 +8,6 @@ Waits are events or deadlines, never fixed sleeps.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import struct
@@ -138,13 +137,6 @@ class Loop:
         self._epoll.close()
 
 
-def sigset(signals: Iterable[int]) -> ctypes.Array[ctypes.c_ulong]:
-    mask = (ctypes.c_ulong * 16)()
-    for sig in signals:
-        mask[(sig - 1) // 64] |= 1 << ((sig - 1) % 64)
-    return mask
-
-
 class SignalInfo:
     __slots__ = ("pid", "signo", "status")
 
@@ -158,13 +150,7 @@ class SignalFd:
     """signalfd(2) for signals the caller has blocked (pthread_sigmask) in every thread."""
 
     def __init__(self, signals: Iterable[int]) -> None:
-        libc = syscalls.libc()
-        mask = sigset(signals)
-        fd = libc.signalfd(ctypes.c_int(-1), ctypes.byref(mask), ctypes.c_int(SFD_NONBLOCK | SFD_CLOEXEC))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"signalfd: {os.strerror(err)}")
-        self.fd: int = fd
+        self.fd: int = syscalls.signalfd(signals, SFD_NONBLOCK | SFD_CLOEXEC)
 
     def read(self) -> list[SignalInfo]:
         out: list[SignalInfo] = []

@@ -20,7 +20,6 @@ MODULE_INIT_COMPRESSED_FILE = 4
 # Errors from the module's own init or the kernel's policy, not from how it was loaded:
 # no modprobe fallback for these (an NVIDIA module without a GPU fails with ENODEV).
 FINAL_ERRNOS = frozenset({errno.ENODEV, errno.ENXIO, errno.EPERM, errno.ENOMEM, errno.EBUSY, errno.ENOSPC})
-SYS_INIT_MODULE = 175
 
 
 def normalize(name: str) -> str:
@@ -148,18 +147,6 @@ def _decompress(path: str) -> bytes:
     return data
 
 
-def _init_module(image: bytes, params: str) -> None:
-    import ctypes
-
-    buf = ctypes.create_string_buffer(image, len(image))
-    result = syscalls.libc().syscall(
-        ctypes.c_long(SYS_INIT_MODULE), buf, ctypes.c_ulong(len(image)), ctypes.c_char_p(params.encode())
-    )
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"init_module: {os.strerror(err)}")
-
-
 def load_one(tree: ModuleTree, name: str, params: str = "") -> LoadResult:
     start = boottime()
     if name in tree.builtin:
@@ -184,7 +171,7 @@ def load_one(tree: ModuleTree, name: str, params: str = "") -> LoadResult:
             return LoadResult(name, "loaded", boottime() - start)
         if compressed and exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
             try:
-                _init_module(_decompress(path), full_params)
+                syscalls.init_module(_decompress(path), full_params)
                 return LoadResult(name, "init", boottime() - start)
             except (OSError, ValueError) as exc2:
                 return _modprobe(tree, name, start, str(exc2), params)

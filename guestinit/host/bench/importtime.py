@@ -24,7 +24,7 @@ LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
 # the boot never needs it (the guest side imports them, if at all, only on rare paths).
 HEAVY = frozenset(
     {
-        "argparse", "ast", "asyncio", "dataclasses", "datetime", "enum", "functools", "hashlib",
+        "argparse", "ast", "asyncio", "ctypes", "dataclasses", "datetime", "enum", "functools", "hashlib",
         "inspect", "ipaddress", "json", "locale", "logging", "pathlib", "psutil", "pyinotify",
         "random", "re", "selectors", "shutil", "socket", "subprocess", "tempfile", "textwrap",
         "threading", "tokenize", "tomllib", "traceback", "typing", "weakref", "collections",
