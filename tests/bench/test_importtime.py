@@ -75,6 +75,24 @@ def test_an_image_whose_init_is_not_python_is_refused(tmp_path: Path) -> None:
         importtime.init_line(image)
 
 
+def test_an_image_the_host_cannot_decompress_is_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen on a machine without lz4: the bench's boots ran (the kernel decompresses), then the
+    import report stopped the whole bench with a traceback, and its results were lost."""
+    from guestinit.host import streams
+
+    image = tmp_path / "image.cpio.lz4"
+    line = f"#!/usr/bin/env -S /usr/bin/python3 -IS {PYC}\n"
+    image.write_bytes(
+        streams.compress(newc.write([newc.Entry("init", newc.S_IFREG | 0o755, line.encode())]), "lz4")
+    )
+    monkeypatch.setattr(streams.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(UserError, match=r"image\.cpio\.lz4: needs the lz4 program: apt-get install lz4"):
+        importtime.overlay(image, tmp_path / "extra.cpio")
+    assert not (tmp_path / "extra.cpio").exists()
+
+
 def test_an_init_linked_to_init_py_is_named_and_the_report_says_it_was_not_measured(tmp_path: Path) -> None:
     """The service VM's /init is a link to init.py: no line to add the flag to. The bench says so
     in its report and goes on with the other images (it stopped the whole run before)."""

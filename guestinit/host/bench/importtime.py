@@ -63,7 +63,11 @@ def total_us(imports: list[Import]) -> int:
 
 def init_line(image: Path) -> str:
     """The image's ``/init`` line with ``-X importtime`` put after the interpreter's flags."""
-    for entry in newc.read_file(image):
+    try:
+        entries = list(newc.read_file(image))
+    except newc.NewcError as exc:  # e.g. an lz4 image on a host without lz4: say so, never a traceback
+        raise UserError(str(exc), hint="the bench's boots did not need it; --imports does") from None
+    for entry in entries:
         if entry.name == "init" and entry.kind == newc.S_IFLNK:
             target = entry.data.decode(errors="replace")
             raise UserError(
