@@ -148,6 +148,56 @@ def test_goal_verdicts_at_and_past_the_limits() -> None:
     assert missing[0].met is None and "not measured" in missing[0].text
 
 
+def _rounds(**uptimes: list[float]) -> dict[str, list[dict[str, float | None]]]:
+    return {
+        name: [{"ready_uptime_s": u, "init_s": u / 4} for u in values] for name, values in uptimes.items()
+    }
+
+
+def test_goal_intervals_resample_whole_rounds() -> None:
+    steady = _rounds(guestinit=[2.4] * 9, busybox=[2.0] * 9)
+    assert benchstats.interval(steady, ("guestinit", "ready_uptime_s"), ("busybox", "ready_uptime_s")) == (
+        1.2,
+        1.2,
+    )
+    # a slow spell that hits whole rounds (the bench interleaves) moves both images: kept apart
+    # by round, the ratio hardly moves; a guestinit that is itself noisy does
+    drift = [1.0, 1.5, 1.0, 1.4, 1.0, 1.6, 1.0, 1.3, 1.0]
+    together = _rounds(guestinit=[2.4 * d for d in drift], busybox=[2.0 * d for d in drift])
+    noisy = _rounds(guestinit=[2.4 * d for d in drift], busybox=[2.0] * 9)
+    span = benchstats.interval(together, ("guestinit", "ready_uptime_s"), ("busybox", "ready_uptime_s"))
+    wide = benchstats.interval(noisy, ("guestinit", "ready_uptime_s"), ("busybox", "ready_uptime_s"))
+    assert span is not None and wide is not None
+    assert span[0] <= 1.2 <= span[1] and wide[1] - wide[0] > span[1] - span[0]
+    # the same runs give the same interval; too few rounds give none
+    assert benchstats.interval(noisy, ("guestinit", "ready_uptime_s"), ("busybox", "ready_uptime_s")) == wide
+    two = _rounds(guestinit=[2.4, 2.5], busybox=[2.0, 2.1])
+    assert benchstats.interval(two, ("guestinit", "ready_uptime_s"), ("busybox", "ready_uptime_s")) is None
+    # a draw of rounds none of which has a value: no interval rather than a made-up one
+    blank: dict[str, list[dict[str, float | None]]] = {
+        "guestinit": [{"ready_uptime_s": None}] * 3,
+        "busybox": [{"ready_uptime_s": 2.0}] * 3,
+    }
+    assert benchstats.interval(blank, ("guestinit", "ready_uptime_s"), ("busybox", "ready_uptime_s")) is None
+
+
+def test_a_verdict_the_noise_could_turn_says_so() -> None:
+    spread = [0.9, 1.1, 1.0, 1.2, 0.8, 1.0, 1.05, 0.95, 1.0]
+    rounds = _rounds(guestinit=[2.6 * d for d in spread], busybox=[2.0] * 9, systemd=[20.0] * 9)
+    summaries = {name: benchstats.summarize(samples) for name, samples in rounds.items()}
+    goals = {g.name: g for g in benchstats.goals(summaries, rounds)}
+    near = goals["guestinit/floor"]
+    assert near.ratio == pytest.approx(1.3) and near.met and near.interval is not None
+    assert near.interval[0] < 1.3 < near.interval[1]
+    assert near.text.startswith("guestinit/floor = 1.300 (95 % interval ") and near.text.endswith(
+        "goal <= 1.3: met, within this run's noise)"
+    )
+    far = goals["systemd/guestinit"]
+    assert far.met and far.interval is not None and far.interval[0] > 4.0
+    assert "noise" not in far.text
+    assert benchstats.goals(summaries)[0].interval is None  # medians alone: no interval
+
+
 def test_schedule_interleaves_images_run_by_run() -> None:
     assert benchstats.schedule(["guestinit", "busybox", "systemd"], 2) == [
         (1, "guestinit"),

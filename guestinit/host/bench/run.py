@@ -154,8 +154,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     imports = _imports(args, accel, transport, images, kernel, runs_dir) if args.imports else {}
     out_images = []
     summaries: dict[str, dict[str, stats.Stat | None]] = {}
+    rounds: dict[str, list[dict[str, float | None]]] = {}
     for image in images:
-        samples = [stats.sample(r) for r in records[image.name]]
+        samples = rounds[image.name] = [stats.sample(r) for r in records[image.name]]
         for r, s in zip(records[image.name], samples, strict=True):
             r["metrics"] = {k: None if v is None else round(v, 4) for k, v in s.items()}
             r["init_phases"] = {k: round(v, 4) for k, v in stats.phase_durations(r).items()}
@@ -186,7 +187,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             if floor is None or name == stats.FLOOR
             else {k: _round(v) for k, v in stats.floor_differences(summaries[name], floor).items()}
         )
-    goals = stats.goals(summaries)
+    goals = stats.goals(summaries, rounds)
     return {
         "version": 2,
         "conditions": {
@@ -211,7 +212,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         "definitions": {m.key: m.label for m in (*stats.METRICS, stats.MEMORY)},
         "images": out_images,
         "ratios": _ratios(summaries),
-        "goals": [{"name": g.name, "ratio": _round(g.ratio), "limit": g.limit, "met": g.met} for g in goals],
+        "goals": [
+            {
+                "name": g.name,
+                "ratio": _round(g.ratio),
+                "interval": None if g.interval is None else [_round(v) for v in g.interval],
+                "limit": g.limit,
+                "met": g.met,
+            }
+            for g in goals
+        ],
         "goal_text": [g.text for g in goals],
         "imports": imports,
     }

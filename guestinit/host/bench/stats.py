@@ -14,6 +14,8 @@ Each boot gives four numbers on two clocks (seconds):
 - ``ready_host_s`` host-observed READY: QEMU start to the READY message at the host listener.
 
 ``ready_uptime_s`` (the guest's uptime at READY, ``kernel_s + init_s``) is what the goals compare.
+Each goal's ratio of medians comes with a 95 % interval (``interval``): the same ratio over
+resampled rounds, so that a verdict the machine's noise could turn is said to be so.
 
 Beside the clocks: ``mem_used_mib``, the guest's memory in use at READY (MemTotal minus
 MemAvailable, which the init sends with READY), and the init's own phases (``init_phases``:
@@ -24,6 +26,7 @@ metric minus the floor's.
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +55,11 @@ FLOOR = "busybox"
 GUESTINIT_PER_FLOOR_MAX = 1.30
 SYSTEMD_PER_GUESTINIT_MIN = 4.0
 INIT_SHARE_MAX = 0.15
+# The goals' intervals: this many resamples of the rounds, from a fixed seed (the same runs give
+# the same interval), and the central share of their ratios that the interval holds.
+RESAMPLES = 2000
+RESAMPLE_SEED = 15
+INTERVAL_LEVEL = 0.95
 # The phases drawn one after another on the timeline (they add up to READY).
 PHASES = ("firmware_s", "kernel_s", "init_s")
 
@@ -79,6 +87,7 @@ class Goal:
     limit: float
     met: bool | None
     text: str
+    interval: tuple[float, float] | None = None
 
 
 def _number(value: object) -> float | None:
@@ -132,24 +141,54 @@ def ratio(numerator: Stat | None, denominator: Stat | None) -> float | None:
     return numerator.median / denominator.median
 
 
-def goals(summaries: Mapping[str, Mapping[str, Stat | None]]) -> list[Goal]:
+Rounds = Mapping[str, Sequence[Mapping[str, float | None]]]
+
+
+def interval(
+    rounds: Rounds, numerator: tuple[str, str], denominator: tuple[str, str]
+) -> tuple[float, float] | None:
+    """The 95 % bootstrap interval of median(numerator) / median(denominator), each an (image,
+    metric) pair. ``rounds[image][i]`` is that image's sample in round i: the rounds are drawn
+    with replacement, every image's run of a drawn round together, since the bench interleaves
+    them and a slow spell of the machine hits the whole round. None below 3 rounds or when a
+    draw has no value."""
+    num_values = [s.get(numerator[1]) for s in rounds.get(numerator[0], ())]
+    den_values = [s.get(denominator[1]) for s in rounds.get(denominator[0], ())]
+    n = min(len(num_values), len(den_values))
+    if n < 3:
+        return None
+    rng = random.Random(RESAMPLE_SEED)
+    ratios: list[float] = []
+    for _ in range(RESAMPLES):
+        picks = [rng.randrange(n) for _ in range(n)]
+        top = [v for i in picks if (v := num_values[i]) is not None]
+        bottom = [v for i in picks if (v := den_values[i]) is not None]
+        if not top or not bottom or (median := statistics.median(bottom)) <= 0:
+            return None
+        ratios.append(statistics.median(top) / median)
+    ratios.sort()
+    tail = (1 - INTERVAL_LEVEL) / 2
+    return ratios[int(tail * (RESAMPLES - 1))], ratios[int((1 - tail) * (RESAMPLES - 1))]
+
+
+def goals(summaries: Mapping[str, Mapping[str, Stat | None]], rounds: Rounds | None = None) -> list[Goal]:
     """Issue 15's goals, on medians: guestinit's READY (guest uptime) within 1.30 x the busybox
     floor's; systemd's at least 4 x guestinit's; guestinit's init exec to READY at most 15 % of
-    its uptime at READY. Only for images present in the run."""
+    its uptime at READY. Only for images present in the run; with ``rounds`` (each image's
+    samples in run order), each with its interval."""
     out: list[Goal] = []
     key = "ready_uptime_s"
-    if "guestinit" in summaries and FLOOR in summaries:
-        r = ratio(summaries["guestinit"].get(key), summaries[FLOOR].get(key))
-        limit = GUESTINIT_PER_FLOOR_MAX
-        out.append(_goal("guestinit/floor", r, limit, r is not None and r <= limit, "<="))
-    if "systemd" in summaries and "guestinit" in summaries:
-        r = ratio(summaries["systemd"].get(key), summaries["guestinit"].get(key))
-        limit = SYSTEMD_PER_GUESTINIT_MIN
-        out.append(_goal("systemd/guestinit", r, limit, r is not None and r >= limit, ">="))
-    if "guestinit" in summaries:
-        r = ratio(summaries["guestinit"].get("init_s"), summaries["guestinit"].get(key))
-        limit = INIT_SHARE_MAX
-        out.append(_goal("guestinit init share", r, limit, r is not None and r <= limit, "<="))
+    wanted = (
+        ("guestinit/floor", ("guestinit", key), (FLOOR, key), GUESTINIT_PER_FLOOR_MAX, "<="),
+        ("systemd/guestinit", ("systemd", key), ("guestinit", key), SYSTEMD_PER_GUESTINIT_MIN, ">="),
+        ("guestinit init share", ("guestinit", "init_s"), ("guestinit", key), INIT_SHARE_MAX, "<="),
+    )
+    for name, num, den, limit, op in wanted:
+        if num[0] not in summaries or den[0] not in summaries:
+            continue
+        r = ratio(summaries[num[0]].get(num[1]), summaries[den[0]].get(den[1]))
+        met = r is not None and (r <= limit if op == "<=" else r >= limit)
+        out.append(_goal(name, r, limit, met, op, None if rounds is None else interval(rounds, num, den)))
     return out
 
 
@@ -204,11 +243,18 @@ def summarize_phases(runs: Sequence[Mapping[str, object]]) -> dict[str, Stat]:
     return out
 
 
-def _goal(name: str, r: float | None, limit: float, met: bool, op: str) -> Goal:
+def _goal(
+    name: str, r: float | None, limit: float, met: bool, op: str, span: tuple[float, float] | None = None
+) -> Goal:
     if r is None:
         return Goal(name, None, limit, None, f"{name}: not measured (missing READY stamps)")
     verdict = "met" if met else "NOT met"
-    return Goal(name, r, limit, met, f"{name} = {r:.3f} (goal {op} {limit:g}: {verdict})")
+    where = ""
+    if span is not None:
+        where = f"95 % interval {span[0]:.3f}-{span[1]:.3f}; "
+        if span[0] <= limit <= span[1]:
+            verdict += ", within this run's noise"
+    return Goal(name, r, limit, met, f"{name} = {r:.3f} ({where}goal {op} {limit:g}: {verdict})", span)
 
 
 def schedule(images: Sequence[str], runs: int) -> list[tuple[int, str]]:
