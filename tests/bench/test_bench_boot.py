@@ -28,6 +28,7 @@ def test_tiny_bench_reports_every_phase_for_guestinit_and_the_floor(
     argv += ["--json", str(out_json), "--svg", str(out_svg), "--runs-dir", str(tmp_path / "runs")]
     assert bench.main(argv) == 0
     report = json.loads(out_json.read_text())
+    assert json.loads((tmp_path / "runs" / "bench.json").read_text()) == report  # kept beside the logs
     assert [i["name"] for i in report["images"]] == ["guestinit", "busybox"]
     assert report["conditions"]["kernel"] == str(resolve_kernel(kata_image, None))
     for image in report["images"]:

@@ -106,3 +106,43 @@ def test_the_rootfs_a_manifest_names(tmp_path: Path) -> None:
     manifest.write_text(json.dumps({"artifacts": artifacts[:1]}))
     with pytest.raises(UserError, match="names no initrd or disk image"):
         images.image_of(manifest)
+
+
+def test_an_unwritable_output_is_refused_before_any_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from guestinit.host.bench import run
+
+    def no_boots(_args: object) -> dict[str, object]:
+        raise AssertionError("booted before checking its outputs")
+
+    monkeypatch.setattr(run, "run_bench", no_boots)
+    (tmp_path / "file").write_text("")
+    for option, value, why in (
+        ("--json", str(tmp_path / "file" / "bench.json"), "cannot make its folder"),
+        ("--svg", str(tmp_path), "is a folder"),
+    ):
+        assert run.main(["--runs", "1", "--image", "busybox", option, value]) == 2
+        err = capsys.readouterr().err
+        assert err == f"guestctl bench: {option} {value}: {err.split(': ', 2)[2]}" and why in err
+        assert len(err.splitlines()) == 1
+
+
+def test_a_failed_output_after_the_boots_loses_nothing(tmp_path: Path) -> None:
+    """The runs folder keeps the whole report; an output that cannot be written is one line."""
+    import argparse
+    import json
+
+    from guestinit.host.bench import run
+
+    report = json.loads((Path(__file__).parent / "data" / "recorded-bench.json").read_text())
+    report["conditions"]["runs_dir"] = str(tmp_path / "runs")
+    (tmp_path / "file").write_text("")
+    args = argparse.Namespace(json=str(tmp_path / "file" / "out.json"), svg=str(tmp_path / "out.svg"))
+    lines = run.write_outputs(args, report)
+    assert json.loads((tmp_path / "runs" / "bench.json").read_text()) == report
+    assert lines[0].startswith(f"guestctl bench: {tmp_path}/file/out.json: not written (")
+    assert lines[0].endswith(f"the runs are in {tmp_path}/runs/bench.json")
+    assert lines[1] == f"SVG timeline: {tmp_path}/out.svg" and (
+        tmp_path / "out.svg"
+    ).read_text().rstrip().endswith("</svg>")

@@ -68,7 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--json", metavar="FILE", help="write every run and the statistics as JSON")
     p.add_argument("--svg", metavar="FILE", help="write the timeline picture")
-    p.add_argument("--runs-dir", metavar="DIR", help="console logs (default build/bench/<time>)")
+    p.add_argument(
+        "--runs-dir",
+        metavar="DIR",
+        help="console logs and the whole report, bench.json (default build/bench/<time>)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.runs <= 100:
         raise UserError(f"--runs {args.runs} is out of range", hint="use 1 to 100")
@@ -293,9 +297,53 @@ def _progress(record: dict[str, object]) -> str:
     return f"READY at guest {up} s, host {host} s"
 
 
+def check_output(option: str, value: str | None) -> None:
+    """Refuse an output path the bench could not write, before any boot rather than after them."""
+    if not value:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise UserError(f"{option} {value}: is a folder", hint="give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{option} {value}: cannot make its folder: {exc.strerror}", hint="give a writable path"
+        ) from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{option} {value}: its folder is not writable", hint="give a writable path")
+
+
+def write_outputs(args: argparse.Namespace, report: dict[str, object]) -> list[str]:
+    """The JSON into the runs folder (always: a bench is minutes of boots) and where --json and
+    --svg say; the lines to print, an error among them for an output that failed."""
+    lines = []
+    text = json.dumps(report, indent=2) + "\n"
+    conditions = report["conditions"]
+    assert isinstance(conditions, dict)
+    outputs = [(Path(str(conditions["runs_dir"])) / "bench.json", text, "")]
+    if args.json:
+        outputs.append((Path(args.json), text, "JSON"))
+    if args.svg:
+        outputs.append((Path(args.svg), render_svg(report), "SVG timeline"))
+    for path, content, label in outputs:
+        try:
+            write_atomic(path, content)
+        except OSError as exc:
+            lines.append(
+                f"guestctl bench: {path}: not written ({exc.strerror}); the runs are in {outputs[0][0]}"
+            )
+            continue
+        if label:
+            lines.append(f"{label}: {path}")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
+        check_output("--json", args.json)
+        check_output("--svg", args.svg)
         report = run_bench(args)
     except UserError as exc:
         print(f"guestctl bench: {exc.line()}", file=sys.stderr)
@@ -304,12 +352,11 @@ def main(argv: list[str]) -> int:
         print("guestctl bench: interrupted", file=sys.stderr)
         return 130
     print(format_table(report))
-    if args.json:
-        write_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
-        print(f"JSON: {args.json}")
-    if args.svg:
-        write_atomic(Path(args.svg), render_svg(report))
-        print(f"SVG timeline: {args.svg}")
+    lines = write_outputs(args, report)
+    for line in lines:
+        print(line, file=sys.stderr if line.startswith("guestctl bench:") else sys.stdout)
+    if any(line.startswith("guestctl bench:") for line in lines):
+        return 1
     images = report["images"]
     assert isinstance(images, list)
     return 0 if all(r["ready"] for image in images for r in image["runs"]) else 1
