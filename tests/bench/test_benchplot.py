@@ -128,3 +128,16 @@ def test_each_row_but_the_floors_says_its_difference_from_the_floor(report: dict
     kernel = guestinit["kernel_s"].median - floor["kernel_s"].median  # type: ignore[union-attr]
     text = deltas["guestinit"]
     assert text is not None and text.startswith("vs floor: ") and f"kernel {kernel:+.2f} s" in text
+
+
+def test_each_goal_has_a_subtitle_line_above_the_rows(report: dict[str, object]) -> None:
+    """Goal texts carry an interval now: one line each, and the rows move down to make room."""
+    goals = [f"goal {n} = 1.000 (95 % interval 0.900-1.100; goal <= 1.3: met)" for n in "abc"]
+    root = ET.fromstring(render_svg(dict(report, goal_text=goals)))
+    lines = [t for t in root.findall("svg:text", NS) if t.get("fill") == "#555"]
+    assert [t.text for t in lines[1:]] == goals
+    last_line_y = max(float(t.get("y", "0")) for t in lines)
+    grid = root.find("svg:g[@class='grid']/svg:line", NS)
+    assert grid is not None and float(grid.get("y1", "0")) > last_line_y
+    first_row = root.find("svg:g[@class='row']/svg:rect[@class='bar']", NS)
+    assert first_row is not None and float(first_row.get("y", "0")) > last_line_y

@@ -24,7 +24,8 @@ WIDTH = 1100
 ROW_H = 22
 SUB_H = 10
 ROW_GAP = 26
-TOP = 92
+TOP = 92  # the first row's top with up to two subtitle lines
+SUBTITLE_LINE = 16  # px per subtitle line (the template's step); more lines push the rows down
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Layout:
     plot_top: float
     legend: list[tuple[str, str]]
     left: int = LEFT
+    subtitle_line: int = SUBTITLE_LINE
 
 
 def _tick_step(span: float) -> float:
@@ -97,8 +99,10 @@ def layout(
     step = _tick_step(span)
     scale = (WIDTH - LEFT - RIGHT) / (math.ceil(span / step) * step)
 
+    lines = [subtitle] if isinstance(subtitle, str) else list(subtitle)
+    top = TOP + SUBTITLE_LINE * max(0, len(lines) - 2)
     rows: list[Row] = []
-    y = float(TOP)
+    y = float(top)
     for img in images:
         summary = _summary(img)
         name = str(img.get("name", ""))
@@ -170,11 +174,11 @@ def layout(
         width=WIDTH,
         height=int(axis_y + 70),
         title=title,
-        subtitle=[subtitle] if isinstance(subtitle, str) else subtitle,
+        subtitle=lines,
         rows=rows,
         ticks=ticks,
         axis_y=axis_y,
-        plot_top=TOP - 8,
+        plot_top=top - 8,
         legend=legend,
     )
 

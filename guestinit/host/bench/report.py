@@ -167,6 +167,6 @@ def render_svg(report: Mapping[str, object]) -> str:
         f"{cond['runs']} run(s) each, interleaved, medians; kernel {cond['kernel_version']}, "
         f"accel {cond['accel']}, {cond['cpus']} vCPU, {cond['memory_mb']} MiB; "
         f"load average {cond['loadavg_before'][0]} before, {cond['loadavg_after'][0]} after",
-        "; ".join(str(t) for t in goal_text) if isinstance(goal_text, list) else "",
+        *(str(t) for t in (goal_text if isinstance(goal_text, list) else [])),  # a line per goal
     ]
     return plot.render(plot.layout(rows, "Boot to READY: where the time goes", subtitle))
