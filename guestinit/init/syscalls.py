@@ -3,9 +3,9 @@ init_module, syslog and signalfd. Every failure raises OSError with errno set.
 
 They go through ``_ctypes``, the C half of ctypes, with the four C types they take. The ctypes
 package on top of it also imports struct, types and ctypes._endian and builds some sixty
-classes: in the guest under TCG, 80 ms against 36 ms for a first run of ``import ctypes`` and
-one libc call, against the same through ``_ctypes`` (median of 7 boots each), on PID 1's path
-to READY, for seven functions. The host side (fm-controller's SDK binding) uses ctypes itself.
+classes. In the guest under TCG, a first ``import ctypes`` and one libc call took 80 ms, and
+the same call through ``_ctypes`` 36 ms (medians of 7 boots each): time on PID 1's path to
+READY, for six libc functions. The service VM's SDK binding (fabric/nvfm) uses ctypes itself.
 """
 
 from __future__ import annotations
