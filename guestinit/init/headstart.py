@@ -2,13 +2,13 @@
 
 The early mounts, then the drivers for the devices this VM has that do not depend on the
 kernel command line (coldplug.wanted: vsock, rng, the power button), loaded in threads
-(modules.Loading). The kernel links them on another CPU while the interpreter imports the boot path, which
-under TCG takes longer (0.1-0.2 s) than the loads (about 0.06 s); without the head start the
-boot waited for them after importing. boot.py takes over from here: early() re-checks the
-mounts, start_modules() adds what the command line asks for, finish_modules() collects both.
+(modules.Loading). The kernel links them on another CPU while the interpreter imports the boot
+path, which under TCG takes longer (0.1-0.2 s) than the loads (about 0.06 s); without the head
+start the boot waited for them after importing. boot.py takes over from here: early() re-checks
+the mounts, start_modules() adds what the command line asks for, finish_modules() collects both.
 
-Nothing here raises: a failure is kept and raised again by boot.take_head_start(), inside the boot, so it
-takes PID 1's failure path (a report to the host, a power-off) like any other.
+Nothing here raises: a failure is kept and raised again by boot.take_head_start(), inside the
+boot, so it takes PID 1's failure path (a report to the host, a power-off) like any other.
 """
 
 from __future__ import annotations

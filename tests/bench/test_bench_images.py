@@ -139,10 +139,10 @@ def test_a_failed_output_after_the_boots_loses_nothing(tmp_path: Path) -> None:
     report["conditions"]["runs_dir"] = str(tmp_path / "runs")
     (tmp_path / "file").write_text("")
     args = argparse.Namespace(json=str(tmp_path / "file" / "out.json"), svg=str(tmp_path / "out.svg"))
-    lines = run.write_outputs(args, report)
+    written, failed = run.write_outputs(args, report)
     assert json.loads((tmp_path / "runs" / "bench.json").read_text()) == report
-    assert lines[0].startswith(f"guestctl bench: {tmp_path}/file/out.json: not written (")
-    assert lines[0].endswith(f"the runs are in {tmp_path}/runs/bench.json")
-    assert lines[1] == f"SVG timeline: {tmp_path}/out.svg" and (
-        tmp_path / "out.svg"
-    ).read_text().rstrip().endswith("</svg>")
+    assert len(failed) == 1
+    assert failed[0].startswith(f"guestctl bench: {tmp_path}/file/out.json: not written (")
+    assert failed[0].endswith(f"the runs are in {tmp_path}/runs/bench.json")
+    assert written == [f"SVG timeline: {tmp_path}/out.svg"]
+    assert (tmp_path / "out.svg").read_text().rstrip().endswith("</svg>")

@@ -314,14 +314,16 @@ def check_output(option: str, value: str | None) -> None:
         raise UserError(f"{option} {value}: its folder is not writable", hint="give a writable path")
 
 
-def write_outputs(args: argparse.Namespace, report: dict[str, object]) -> list[str]:
+def write_outputs(args: argparse.Namespace, report: dict[str, object]) -> tuple[list[str], list[str]]:
     """The JSON into the runs folder (always: a bench is minutes of boots) and where --json and
-    --svg say; the lines to print, an error among them for an output that failed."""
-    lines = []
+    --svg say. Returns what was written, as lines to print, and a line for each that failed."""
+    written: list[str] = []
+    failed: list[str] = []
     text = json.dumps(report, indent=2) + "\n"
     conditions = report["conditions"]
     assert isinstance(conditions, dict)
-    outputs = [(Path(str(conditions["runs_dir"])) / "bench.json", text, "")]
+    kept = Path(str(conditions["runs_dir"])) / "bench.json"
+    outputs = [(kept, text, "")]
     if args.json:
         outputs.append((Path(args.json), text, "JSON"))
     if args.svg:
@@ -330,13 +332,11 @@ def write_outputs(args: argparse.Namespace, report: dict[str, object]) -> list[s
         try:
             write_atomic(path, content)
         except OSError as exc:
-            lines.append(
-                f"guestctl bench: {path}: not written ({exc.strerror}); the runs are in {outputs[0][0]}"
-            )
-            continue
-        if label:
-            lines.append(f"{label}: {path}")
-    return lines
+            failed.append(f"guestctl bench: {path}: not written ({exc.strerror}); the runs are in {kept}")
+        else:
+            if label:
+                written.append(f"{label}: {path}")
+    return written, failed
 
 
 def main(argv: list[str]) -> int:
@@ -352,10 +352,12 @@ def main(argv: list[str]) -> int:
         print("guestctl bench: interrupted", file=sys.stderr)
         return 130
     print(format_table(report))
-    lines = write_outputs(args, report)
-    for line in lines:
-        print(line, file=sys.stderr if line.startswith("guestctl bench:") else sys.stdout)
-    if any(line.startswith("guestctl bench:") for line in lines):
+    written, failed = write_outputs(args, report)
+    for line in written:
+        print(line)
+    for line in failed:
+        print(line, file=sys.stderr)
+    if failed:
         return 1
     images = report["images"]
     assert isinstance(images, list)
