@@ -23,6 +23,7 @@ def _boot(args: argparse.Namespace) -> int:
         extra_initrd=[Path(p) for p in args.extra_initrd or []],
         accel=args.accel,
         transport=args.transport,
+        tcg_threads=args.tcg_threads,
         timeout_s=args.timeout,
         shutdown=args.shutdown,
         memory_mb=args.memory,

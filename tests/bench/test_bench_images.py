@@ -146,3 +146,12 @@ def test_a_failed_output_after_the_boots_loses_nothing(tmp_path: Path) -> None:
     assert failed[0].endswith(f"the runs are in {tmp_path}/runs/bench.json")
     assert written == [f"SVG timeline: {tmp_path}/out.svg"]
     assert (tmp_path / "out.svg").read_text().rstrip().endswith("</svg>")
+
+
+def test_the_bench_runs_tcg_multi_threaded_unless_told_otherwise() -> None:
+    from guestinit.host.bench import run
+
+    assert run.bench_tcg_threads("auto", 2)[0] == "multi"  # parallel vCPUs, as KVM gives systemd
+    assert run.bench_tcg_threads("single", 2) == ("single", "requested")
+    args = run.parse_args(["--image", "busybox", "--tcg-threads", "single"])
+    assert args.tcg_threads == "single" and run.parse_args([]).tcg_threads == "auto"

@@ -270,3 +270,13 @@ def test_table_shows_each_images_difference_from_the_floor_and_the_inits_phases(
     names = [p[1] for p in phase_lines[: len(guestinit["runs"][0]["phases"]) + 2]]  # type: ignore[index]
     assert names[:4] == ["python", "imports", "mounts", "cmdline"]
     assert all(p[-1].endswith("%") for p in phase_lines)
+
+
+def test_the_table_says_how_tcg_ran(report: dict[str, object]) -> None:
+    cond = report["conditions"]
+    assert isinstance(cond, dict)
+    assert ", accel tcg, " in format_table(report)  # a report from before the choice: as it was
+    cond.update(accel="tcg", tcg_threads="single")
+    assert ", accel tcg single-threaded, " in format_table(report).splitlines()[0]
+    cond.update(accel="kvm", tcg_threads="")
+    assert ", accel kvm, " in format_table(report).splitlines()[0]

@@ -346,6 +346,7 @@ def test_ctrl_alt_del_is_the_same_clean_shutdown(kata_image: Path, tmp_path: Pat
         initrd=initrd,
         append=f"{DEFAULT_APPEND} {qemu.notify_append('serial')}",
         accel="tcg",
+        tcg_threads=qemu.tcg_threads("auto", 2)[0],
         memory_mb=2048,
         cpus=2,
         transport="serial",

@@ -268,3 +268,32 @@ def test_boot_reports_an_exit_status_it_cannot_read_as_received(text: str) -> No
     assert result.exit_status == 1  # a failure all the same: the guest did not say 0
     assert "is not a decimal number 0..255" in result.error
     assert text.encode("ascii", "backslashreplace").decode() in result.error  # what it received, escaped
+
+
+def test_single_threaded_tcg_is_one_accel_option_and_only_for_tcg() -> None:
+    assert ("-accel", "tcg,thread=single") in _pairs(qemu.qemu_argv(_cfg(tcg_threads="single")))
+    assert ("-accel", "tcg") in _pairs(qemu.qemu_argv(_cfg(tcg_threads="multi")))
+    kvm = _pairs(qemu.qemu_argv(_cfg(accel="kvm", tcg_threads="single")))
+    assert ("-accel", "kvm") in kvm  # KVM has no TCG threads to choose
+
+
+def test_auto_tcg_threads_are_single_when_there_is_more_than_one_vcpu() -> None:
+    threads, why = qemu.tcg_threads("auto", 2)
+    assert threads == "single" and "patched" in why
+    assert qemu.tcg_threads("auto", 8)[0] == "single"
+    assert qemu.tcg_threads("auto", 1) == ("multi", "one vCPU")  # nothing to race with
+    assert qemu.tcg_threads("multi", 2) == ("multi", "requested")
+    assert qemu.tcg_threads("single", 1) == ("single", "requested")
+
+
+def test_guestctl_boot_takes_tcg_threads_and_refuses_others(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="guestctl boot")
+    qemu.add_accel_options(p)
+    assert p.parse_args([]).tcg_threads == "auto"
+    assert p.parse_args(["--tcg-threads", "multi"]).tcg_threads == "multi"
+    with pytest.raises(SystemExit) as exited:
+        p.parse_args(["--tcg-threads", "many"])
+    assert exited.value.code == 2
+    assert "--tcg-threads: invalid choice: 'many'" in capsys.readouterr().err

@@ -149,6 +149,7 @@ class Vm:
             initrd=combine_initrd(image, extras, work / "initrd.img"),
             append=f"{DEFAULT_APPEND} {qemu.notify_append('serial')} {append}",
             accel="tcg",
+            tcg_threads=qemu.tcg_threads("auto", 2)[0],  # as guestctl boot picks
             transport="serial",
             notify_socket=work / "n.sock",
             qmp_socket=work / "q.sock",

@@ -45,6 +45,12 @@ def _signed(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:+.{digits}f}"
 
 
+def accel_label(cond: Mapping[str, object]) -> str:
+    """ "kvm", "tcg", or "tcg single-threaded" (a report from before the choice says "tcg")."""
+    threads = cond.get("tcg_threads")
+    return f"{cond['accel']} {threads}-threaded" if threads else str(cond["accel"])
+
+
 def format_table(report: Mapping[str, object]) -> str:
     cond = report["conditions"]
     assert isinstance(cond, dict)
@@ -52,7 +58,7 @@ def format_table(report: Mapping[str, object]) -> str:
         f"guestctl bench: {cond['runs']} run(s) per image, interleaved; "
         f"kernel {cond['kernel_version'] or cond['kernel']}"
         + (f" ({cond['kernel_why']})" if cond.get("kernel_why") else "")
-        + f"; {cond['qemu']}, accel {cond['accel']}, "
+        + f"; {cond['qemu']}, accel {accel_label(cond)}, "
         f"{cond['machine']}, {cond['cpus']} vCPU, {cond['memory_mb']} MiB; transport {cond['transport']}",
         f"load average before {cond['loadavg_before']}, after {cond['loadavg_after']}",
         "",
@@ -165,7 +171,7 @@ def render_svg(report: Mapping[str, object]) -> str:
     goal_text = report["goal_text"]
     subtitle = [
         f"{cond['runs']} run(s) each, interleaved, medians; kernel {cond['kernel_version']}, "
-        f"accel {cond['accel']}, {cond['cpus']} vCPU, {cond['memory_mb']} MiB; "
+        f"accel {accel_label(cond)}, {cond['cpus']} vCPU, {cond['memory_mb']} MiB; "
         f"load average {cond['loadavg_before'][0]} before, {cond['loadavg_after'][0]} after",
         *(str(t) for t in (goal_text if isinstance(goal_text, list) else [])),  # a line per goal
     ]

@@ -26,7 +26,7 @@ from guestinit.host.bench.images import BenchImage
 from guestinit.host.bench.report import format_table, render_svg
 from guestinit.host.boot import BootOptions, boot, choose_accel, choose_transport
 from guestinit.host.errors import UserError
-from guestinit.host.qemu import DEFAULT_VSOCK_PORT, add_accel_options, find_qemu, qemu_version
+from guestinit.host.qemu import DEFAULT_VSOCK_PORT, add_accel_options, find_qemu, qemu_version, tcg_threads
 from guestinit.host.result import BootResult
 
 # What of a boot's notify fields the bench keeps, under the names its JSON uses.
@@ -57,7 +57,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="kernel for every image (default: a disk image's own kernel when one is benched, "
         "else the one beside the guestinit image)",
     )
-    add_accel_options(p)
+    add_accel_options(
+        p,
+        tcg_threads_help="auto is multi here: vCPUs in parallel, as under KVM, for boots that end "
+        "at READY; a kernel that dies before init is booted again and the report says so",
+    )
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
     p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each READY")
@@ -127,11 +131,21 @@ def _boot_options(
         append=_append(transport),
         accel=accel,
         transport=transport,
+        tcg_threads=args.tcg_threads,
         timeout_s=args.timeout,
         memory_mb=args.memory,
         cpus=args.cpus,
         run_dir=run_dir,
     )
+
+
+def bench_tcg_threads(requested: str, cpus: int) -> tuple[str, str]:
+    """The bench's auto is multi-threaded TCG, unlike guestctl boot's: its boots end at READY,
+    and systemd's parallel start would pay for one host thread where KVM gives it several. A
+    kernel that dies on the way (qemu.tcg_threads) is booted again and reported."""
+    if requested == "auto":
+        return "multi", "the bench's auto: vCPUs in parallel, as under KVM"
+    return tcg_threads(requested, cpus)
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, object]:
@@ -141,6 +155,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     _warn_kernel_mismatch(images, kver)
     binary = find_qemu()
     accel, accel_why = choose_accel(args.accel, kernel)  # probed once, the same for every boot
+    if accel == "tcg":
+        threads, threads_why = bench_tcg_threads(args.tcg_threads, args.cpus)
+        accel_why += f"; {threads}-threaded ({threads_why})"
+        args.tcg_threads = threads  # every boot the same, and the report says why
     transport = choose_transport(args.transport)
     started = datetime.datetime.now(datetime.UTC)
     runs_dir = Path(args.runs_dir or Path("build/bench") / started.strftime("%Y%m%d-%H%M%S"))
@@ -204,6 +222,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             "qemu": f"{binary} {qemu_version(binary)}",
             "accel": accel,
             "accel_why": accel_why,
+            "tcg_threads": args.tcg_threads if accel == "tcg" else "",
             "transport": transport,
             "machine": "q35",
             "cpus": args.cpus,
