@@ -155,3 +155,16 @@ def test_the_bench_runs_tcg_multi_threaded_unless_told_otherwise() -> None:
     assert run.bench_tcg_threads("single", 2) == ("single", "requested")
     args = run.parse_args(["--image", "busybox", "--tcg-threads", "single"])
     assert args.tcg_threads == "single" and run.parse_args([]).tcg_threads == "auto"
+
+
+def test_a_run_booted_again_says_so_in_its_record_and_its_line() -> None:
+    from guestinit.host.bench import run
+    from guestinit.host.result import BootResult
+
+    why = "attempt 1: kernel died before init (Oops: int3: 0000 [#1] PREEMPT SMP NOPTI); see c.log"
+    result = BootResult(ready=True, uptime_at_ready_s=2.5, ready_host_s=3.5, retried=[why])
+    record = run._record(result)
+    assert record["retried"] == [why]
+    assert run._progress(record) == f"READY at guest 2.5 s, host 3.5 s (booted again after: {why})"
+    plain = run._record(BootResult(ready=True, uptime_at_ready_s=2.5, ready_host_s=3.5))
+    assert "retried" not in plain and run._progress(plain) == "READY at guest 2.5 s, host 3.5 s"

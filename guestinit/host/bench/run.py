@@ -101,6 +101,8 @@ def _record(result: BootResult) -> dict[str, object]:
         except ValueError:
             out[key] = None
     out["console_log"] = result.console_log
+    if result.retried:  # a kernel that died before init: this run is the boot after it
+        out["retried"] = result.retried
     return out
 
 
@@ -313,7 +315,9 @@ def _progress(record: dict[str, object]) -> str:
     if not record["ready"]:
         return f"FAILED: {record['error']} (console {record['console_log']})"
     up, host = record["uptime_at_ready_s"], record["ready_host_s"]
-    return f"READY at guest {up} s, host {host} s"
+    again = record.get("retried")
+    after = f" (booted again after: {'; '.join(map(str, again))})" if isinstance(again, list) else ""
+    return f"READY at guest {up} s, host {host} s{after}"
 
 
 def check_output(option: str, value: str | None) -> None:
