@@ -143,7 +143,7 @@ def tcg_threads(requested: str, cpus: int) -> tuple[str, str]:
     seen it about once in 150 boots. One host thread for every vCPU cannot race with itself.
     """
     if requested in ("multi", "single"):
-        return requested, "requested"
+        return requested, f"--tcg-threads {requested}"
     if cpus > 1:
         return "single", "multi-threaded TCG can run kernel code the kernel has just patched"
     return "multi", "one vCPU"
@@ -247,9 +247,9 @@ class QMP:
             self.sock.close()
 
 
-def add_accel_options(p: argparse.ArgumentParser, tcg_threads_help: str = "") -> None:
+def add_accel_options(p: argparse.ArgumentParser, tcg_threads_default: str = "auto", why: str = "") -> None:
     """--accel, --transport and --tcg-threads, as every command that boots an image takes them
-    (``tcg_threads_help`` says what auto means where a command chooses otherwise)."""
+    (``tcg_threads_default`` with ``why`` where a command defaults to another TCG mode)."""
     p.add_argument(
         "--accel",
         choices=("auto", "kvm", "tcg"),
@@ -265,11 +265,8 @@ def add_accel_options(p: argparse.ArgumentParser, tcg_threads_help: str = "") ->
     p.add_argument(
         "--tcg-threads",
         choices=("auto", "multi", "single"),
-        default="auto",
-        help="under TCG, a host thread per vCPU (multi) or one for all (single); "
-        + (
-            tcg_threads_help
-            or "auto is single for 2 or more vCPUs: multi-threaded TCG can crash a guest kernel "
-            "that patches its code"
-        ),
+        default=tcg_threads_default,
+        help="under TCG, a host thread per vCPU (multi) or one for all (single); auto is single for "
+        "2 or more vCPUs: multi-threaded TCG can crash a guest kernel that patches its code "
+        f"(default {tcg_threads_default}{': ' + why if why else ''})",
     )

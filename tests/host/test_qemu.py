@@ -282,8 +282,8 @@ def test_auto_tcg_threads_are_single_when_there_is_more_than_one_vcpu() -> None:
     assert threads == "single" and "patched" in why
     assert qemu.tcg_threads("auto", 8)[0] == "single"
     assert qemu.tcg_threads("auto", 1) == ("multi", "one vCPU")  # nothing to race with
-    assert qemu.tcg_threads("multi", 2) == ("multi", "requested")
-    assert qemu.tcg_threads("single", 1) == ("single", "requested")
+    assert qemu.tcg_threads("multi", 2) == ("multi", "--tcg-threads multi")
+    assert qemu.tcg_threads("single", 1) == ("single", "--tcg-threads single")
 
 
 def test_guestctl_boot_takes_tcg_threads_and_refuses_others(capsys: pytest.CaptureFixture[str]) -> None:

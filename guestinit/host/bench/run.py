@@ -59,8 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add_accel_options(
         p,
-        tcg_threads_help="auto is multi here: vCPUs in parallel, as under KVM, for boots that end "
-        "at READY; a kernel that dies before init is booted again and the report says so",
+        tcg_threads_default="multi",
+        why="vCPUs in parallel, as under KVM, for boots that end at READY; a kernel that dies "
+        "before init is booted again and the run says so",
     )
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
     p.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
@@ -141,15 +142,6 @@ def _boot_options(
     )
 
 
-def bench_tcg_threads(requested: str, cpus: int) -> tuple[str, str]:
-    """The bench's auto is multi-threaded TCG, unlike guestctl boot's: its boots end at READY,
-    and systemd's parallel start would pay for one host thread where KVM gives it several. A
-    kernel that dies on the way (qemu.tcg_threads) is booted again and reported."""
-    if requested == "auto":
-        return "multi", "the bench's auto: vCPUs in parallel, as under KVM"
-    return tcg_threads(requested, cpus)
-
-
 def run_bench(args: argparse.Namespace) -> dict[str, object]:
     images = bench_images.resolve(bench_images.parse_specs(args.image))
     kernel, kernel_why = bench_images.choose_kernel(images, Path(args.kernel) if args.kernel else None)
@@ -157,10 +149,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     _warn_kernel_mismatch(images, kver)
     binary = find_qemu()
     accel, accel_why = choose_accel(args.accel, kernel)  # probed once, the same for every boot
-    if accel == "tcg":
-        threads, threads_why = bench_tcg_threads(args.tcg_threads, args.cpus)
+    threads = ""
+    if accel == "tcg":  # boot() makes the same choice from the same arguments for every boot
+        threads, threads_why = tcg_threads(args.tcg_threads, args.cpus)
         accel_why += f"; {threads}-threaded ({threads_why})"
-        args.tcg_threads = threads  # every boot the same, and the report says why
     transport = choose_transport(args.transport)
     started = datetime.datetime.now(datetime.UTC)
     runs_dir = Path(args.runs_dir or Path("build/bench") / started.strftime("%Y%m%d-%H%M%S"))
@@ -224,7 +216,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             "qemu": f"{binary} {qemu_version(binary)}",
             "accel": accel,
             "accel_why": accel_why,
-            "tcg_threads": args.tcg_threads if accel == "tcg" else "",
+            "tcg_threads": threads,
             "transport": transport,
             "machine": "q35",
             "cpus": args.cpus,
