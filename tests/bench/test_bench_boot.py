@@ -41,6 +41,9 @@ def test_tiny_bench_reports_every_phase_for_guestinit_and_the_floor(
     assert names[: len(FIRST_PHASES)] == FIRST_PHASES
     assert report["ratios"]["guestinit/busybox"]["ready_uptime_s"] > 0
     assert report["goals"][0]["name"] == "guestinit/floor"
+    # no systemd in this run: the init share comes next, with the interpreter's start alone
+    share = report["goals"][1]
+    assert share["name"] == "guestinit init share" and 0 < share["interpreter_alone"] < share["ratio"]
     table = capsys.readouterr().out
     assert "ratio guestinit/busybox (medians)" in table and "goal guestinit/floor = " in table
     rows = ET.parse(out_svg).getroot().findall("{http://www.w3.org/2000/svg}g[@class='row']")
