@@ -16,8 +16,8 @@ Each boot gives four numbers on two clocks (seconds):
 ``ready_uptime_s`` (the guest's uptime at READY, ``kernel_s + init_s``) is what the goals compare.
 Each goal's ratio of medians comes with a 95 % interval (``interval``): the same ratio over
 resampled rounds, so that a verdict the machine's noise could turn is said to be so. The init
-share also says the least it could be (``least_init_share``): the share had the init done nothing
-after its first line, i.e. the interpreter's start alone, which no work in the init can remove.
+share also says what the interpreter's start alone gives (``interpreter_share``): the share had
+the init done nothing after its first line, which no work in the init can go under.
 
 Beside the clocks: ``mem_used_mib``, the guest's memory in use at READY (MemTotal minus
 MemAvailable, which the init sends with READY), and the init's own phases (``init_phases``:
@@ -92,7 +92,7 @@ class Goal:
     met: bool | None
     text: str
     interval: tuple[float, float] | None = None
-    least: float | None = None  # the init share with nothing after the init's first line
+    interpreter_alone: float | None = None  # the init share with nothing after its first line
 
 
 def _number(value: object) -> float | None:
@@ -179,7 +179,7 @@ def interval(
     return ratios[int(tail * (RESAMPLES - 1))], ratios[int((1 - tail) * (RESAMPLES - 1))]
 
 
-def least_init_share(samples: Sequence[Mapping[str, float | None]]) -> float | None:
+def interpreter_share(samples: Sequence[Mapping[str, float | None]]) -> float | None:
     """The median over runs of what the init share would be had the init done nothing after its
     first line: (first line - exec) / first line, the interpreter's start over the uptime at
     that line. No work after the first line can take the share below it. None when no run
@@ -196,8 +196,8 @@ def goals(summaries: Mapping[str, Mapping[str, Stat | None]], rounds: Rounds | N
     """Issue 15's goals, on medians: guestinit's READY (guest uptime) within 1.30 x the busybox
     floor's; systemd's at least 4 x guestinit's; guestinit's init exec to READY at most 15 % of
     its uptime at READY. Only for images present in the run; with ``rounds`` (each image's
-    samples in run order), each with its interval, and the init share with the least it could
-    be (least_init_share)."""
+    samples in run order), each with its interval, and the init share with what the
+    interpreter's start alone gives (interpreter_share)."""
     out: list[Goal] = []
     key = "ready_uptime_s"
     wanted = (
@@ -211,10 +211,10 @@ def goals(summaries: Mapping[str, Mapping[str, Stat | None]], rounds: Rounds | N
         r = ratio(summaries[num[0]].get(num[1]), summaries[den[0]].get(den[1]))
         met = r is not None and (r <= limit if op == "<=" else r >= limit)
         span = None if rounds is None else interval(rounds, num, den)
-        least = None
+        alone = None
         if rounds is not None and num[1] == "init_s":
-            least = least_init_share(rounds.get(num[0], ()))
-        out.append(_goal(name, r, limit, met, op, span, least))
+            alone = interpreter_share(rounds.get(num[0], ()))
+        out.append(_goal(name, r, limit, met, op, span, alone))
     return out
 
 
@@ -276,7 +276,7 @@ def _goal(
     met: bool,
     op: str,
     span: tuple[float, float] | None = None,
-    least: float | None = None,
+    alone: float | None = None,
 ) -> Goal:
     if r is None:
         return Goal(name, None, limit, None, f"{name}: not measured (missing READY stamps)")
@@ -286,9 +286,9 @@ def _goal(
         where = f"95 % interval {span[0]:.3f}-{span[1]:.3f}; "
         if span[0] <= limit <= span[1]:
             verdict += ", within this run's noise"
-    if least is not None:
-        verdict += f"; the interpreter's start alone gives {least:.3f}"
-    return Goal(name, r, limit, met, f"{name} = {r:.3f} ({where}goal {op} {limit:g}: {verdict})", span, least)
+    if alone is not None:
+        verdict += f"; the interpreter's start alone gives {alone:.3f}"
+    return Goal(name, r, limit, met, f"{name} = {r:.3f} ({where}goal {op} {limit:g}: {verdict})", span, alone)
 
 
 def schedule(images: Sequence[str], runs: int) -> list[tuple[int, str]]:
