@@ -129,10 +129,8 @@ def _boot_once(opts: BootOptions, run_dir: Path) -> BootResult:
     binary = qemu.find_qemu()
     result = BootResult()
     result.accel, result.accel_why = choose_accel(opts.accel, kernel)
-    threads = "multi"
-    if result.accel == "tcg":
-        threads, why = qemu.tcg_threads(opts.tcg_threads, opts.cpus)
-        result.accel_why += f"; {threads}-threaded ({why})"
+    threads, note = qemu.accel_threads(result.accel, opts.tcg_threads, opts.cpus)
+    result.accel_why += note
     result.transport = choose_transport(opts.transport)
     run_dir.mkdir(parents=True, exist_ok=True)
     sock_dir = Path(tempfile.mkdtemp(prefix="guestinit-"))  # AF_UNIX paths must be short

@@ -34,7 +34,7 @@ class QemuConfig:
         None  # the rootfs-image form: a raw disk on virtio-blk, read-only, as Kata attaches it
     )
     accel: str = "tcg"  # kvm | tcg
-    tcg_threads: str = "multi"  # multi | single: one host thread per vCPU, or one for all (TCG only)
+    tcg_threads: str = "multi"  # multi | single: a host thread per vCPU, or one for all ("" under KVM)
     memory_mb: int = 2048
     cpus: int = 2
     machine: str = "q35"
@@ -147,6 +147,15 @@ def tcg_threads(requested: str, cpus: int) -> tuple[str, str]:
     if cpus > 1:
         return "single", "multi-threaded TCG can run kernel code the kernel has just patched"
     return "multi", "one vCPU"
+
+
+def accel_threads(accel: str, requested: str, cpus: int) -> tuple[str, str]:
+    """The TCG thread mode for a boot under ``accel`` ("" under KVM) and what its accel_why
+    gains: "; single-threaded (why)"."""
+    if accel != "tcg":
+        return "", ""
+    threads, why = tcg_threads(requested, cpus)
+    return threads, f"; {threads}-threaded ({why})"
 
 
 def _probe_cache_path() -> Path:

@@ -286,6 +286,14 @@ def test_auto_tcg_threads_are_single_when_there_is_more_than_one_vcpu() -> None:
     assert qemu.tcg_threads("single", 1) == ("single", "--tcg-threads single")
 
 
+def test_the_thread_mode_and_its_reason_are_for_tcg_alone() -> None:
+    # guestctl boot and the bench both take their mode and accel_why's words from here
+    assert qemu.accel_threads("kvm", "single", 2) == ("", "")
+    threads, note = qemu.accel_threads("tcg", "auto", 2)
+    assert threads == "single" and note == f"; single-threaded ({qemu.tcg_threads('auto', 2)[1]})"
+    assert qemu.accel_threads("tcg", "multi", 2) == ("multi", "; multi-threaded (--tcg-threads multi)")
+
+
 def test_guestctl_boot_takes_tcg_threads_and_refuses_others(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 

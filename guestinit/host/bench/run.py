@@ -26,7 +26,7 @@ from guestinit.host.bench.images import BenchImage
 from guestinit.host.bench.report import format_table, render_svg
 from guestinit.host.boot import BootOptions, boot, choose_accel, choose_transport
 from guestinit.host.errors import UserError
-from guestinit.host.qemu import DEFAULT_VSOCK_PORT, add_accel_options, find_qemu, qemu_version, tcg_threads
+from guestinit.host.qemu import DEFAULT_VSOCK_PORT, accel_threads, add_accel_options, find_qemu, qemu_version
 from guestinit.host.result import BootResult
 
 # What of a boot's notify fields the bench keeps, under the names its JSON uses.
@@ -149,10 +149,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     _warn_kernel_mismatch(images, kver)
     binary = find_qemu()
     accel, accel_why = choose_accel(args.accel, kernel)  # probed once, the same for every boot
-    threads = ""
-    if accel == "tcg":  # boot() makes the same choice from the same arguments for every boot
-        threads, threads_why = tcg_threads(args.tcg_threads, args.cpus)
-        accel_why += f"; {threads}-threaded ({threads_why})"
+    threads, note = accel_threads(accel, args.tcg_threads, args.cpus)  # as boot() does for each boot
+    accel_why += note
     transport = choose_transport(args.transport)
     started = datetime.datetime.now(datetime.UTC)
     runs_dir = Path(args.runs_dir or Path("build/bench") / started.strftime("%Y%m%d-%H%M%S"))

@@ -200,20 +200,19 @@ def goals(summaries: Mapping[str, Mapping[str, Stat | None]], rounds: Rounds | N
     interpreter's start alone gives (interpreter_share)."""
     out: list[Goal] = []
     key = "ready_uptime_s"
+    # name, numerator, denominator, limit, comparison, whether to say the interpreter's share
     wanted = (
-        ("guestinit/floor", ("guestinit", key), (FLOOR, key), GUESTINIT_PER_FLOOR_MAX, "<="),
-        ("systemd/guestinit", ("systemd", key), ("guestinit", key), SYSTEMD_PER_GUESTINIT_MIN, ">="),
-        ("guestinit init share", ("guestinit", "init_s"), ("guestinit", key), INIT_SHARE_MAX, "<="),
+        ("guestinit/floor", ("guestinit", key), (FLOOR, key), GUESTINIT_PER_FLOOR_MAX, "<=", False),
+        ("systemd/guestinit", ("systemd", key), ("guestinit", key), SYSTEMD_PER_GUESTINIT_MIN, ">=", False),
+        ("guestinit init share", ("guestinit", "init_s"), ("guestinit", key), INIT_SHARE_MAX, "<=", True),
     )
-    for name, num, den, limit, op in wanted:
+    for name, num, den, limit, op, with_interpreter in wanted:
         if num[0] not in summaries or den[0] not in summaries:
             continue
         r = ratio(summaries[num[0]].get(num[1]), summaries[den[0]].get(den[1]))
         met = r is not None and (r <= limit if op == "<=" else r >= limit)
         span = None if rounds is None else interval(rounds, num, den)
-        alone = None
-        if rounds is not None and num[1] == "init_s":
-            alone = interpreter_share(rounds.get(num[0], ()))
+        alone = interpreter_share(rounds.get(num[0], ())) if rounds is not None and with_interpreter else None
         out.append(_goal(name, r, limit, met, op, span, alone))
     return out
 
